@@ -1,0 +1,208 @@
+"""Token-budget batching with fairseq `batch_by_size` semantics, sharded and resumable.
+
+Per epoch (fairseq `FileAudioDataset.ordered_indices` + `EpochBatchIterator`):
+1. order utterances longest first, ties broken by a permutation seeded with seed+epoch;
+2. cut that order into batches with `batch_by_size`;
+3. shuffle the batches with seed+epoch;
+4. deal batch i to rank i mod num_replicas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+
+def batch_by_size(
+    indices: np.ndarray,
+    sizes: np.ndarray,
+    *,
+    max_tokens: int | None,
+    max_sentences: int | None = None,
+    required_batch_size_multiple: int = 1,
+) -> list[np.ndarray]:
+    """Cut `indices` (in order) into batches, as fairseq's `batch_by_size`.
+
+    A batch grows while n_items <= max_sentences and n_items * longest <= max_tokens.
+    When it must close, a batch of more than `required_batch_size_multiple` items is
+    rounded down to a multiple of it and the rest starts the next batch; so every batch
+    is either smaller than the multiple or a multiple of it. The last batch is kept
+    whatever its size (fairseq does too).
+    """
+    mult = required_batch_size_multiple
+    if mult < 1:
+        raise ValueError(f"required_batch_size_multiple must be >= 1, got {mult}")
+    if max_sentences is not None and max_sentences < 1:
+        raise ValueError(f"max_sentences must be >= 1, got {max_sentences}")
+    item_sizes = sizes[indices]
+    if max_tokens is not None and len(indices) and item_sizes.max() > max_tokens:
+        i = int(indices[int(np.argmax(item_sizes))])
+        raise ValueError(
+            f"item {i} has {int(sizes[i])} samples > max_tokens={max_tokens}; "
+            "raise max_tokens or set max_sample_size to crop"
+        )
+    batches: list[np.ndarray] = []
+    start, n = 0, len(indices)
+    while start < n:
+        longest, end = 0, start
+        while end < n:
+            longest_new = max(longest, int(item_sizes[end]))
+            count = end - start + 1
+            if (max_sentences is not None and count > max_sentences) or (
+                max_tokens is not None and count * longest_new > max_tokens
+            ):
+                break
+            longest, end = longest_new, end + 1
+        count = end - start
+        if end < n and count > mult:  # closed by the budget: keep a multiple
+            count -= count % mult
+        batches.append(indices[start : start + count])
+        start += count
+    return batches
+
+
+class TokenBudgetBatchSampler(torch.utils.data.Sampler):
+    """Batches of dataset indices under a budget of samples per batch, per rank.
+
+    Usable as `DataLoader(..., batch_sampler=sampler)`, or through
+    `wav2vec2.data.build_dataloader`, which also seeds each batch's crops.
+
+    Sharding: every rank yields the same number of batches per epoch. With
+    `drop_last=True` (default) the `num_batches % num_replicas` batches left over after
+    the per-epoch shuffle are skipped for that epoch (a different few each epoch), so no
+    utterance is seen twice. With `drop_last=False` they are dealt to the first ranks,
+    which then yield one batch more than the others (fairseq's behaviour; the trainer must
+    cope with uneven ranks, e.g. for validation).
+
+    Resume: the batches of an epoch are a pure function of (sizes, seed, epoch, settings).
+    The trainer reports what it has *used*, since DataLoader workers prefetch ahead of it:
+
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            train_step(batch)
+            sampler.mark_consumed()          # one more batch of this epoch fully used
+            if time_to_save:
+                save({"sampler": sampler.state_dict(), ...})
+
+    `state_dict()` is `{"epoch", "num_batches_consumed", ...}`. After
+    `load_state_dict(state)` the next iteration of that epoch yields exactly the batches
+    that had not been consumed; `set_epoch` with the same epoch keeps that position, a
+    different epoch starts at 0. The position applies to one iteration: the one after it
+    starts the epoch from the beginning again.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int] | np.ndarray,
+        *,
+        max_tokens: int | None,
+        max_sentences: int | None = None,
+        required_batch_size_multiple: int = 8,
+        seed: int = 1,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+    ) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got {rank}")
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.max_tokens = max_tokens
+        self.max_sentences = max_sentences
+        self.required_batch_size_multiple = required_batch_size_multiple
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.epoch = 1
+        self.num_batches_consumed = 0
+        self._resume_at = 0
+        self._cache: tuple[int, list[np.ndarray]] | None = None
+        self.epoch_batches(self.epoch)  # fail fast on bad settings
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """All batches of an epoch (every rank's), in the shuffled order they are dealt."""
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        if self.shuffle:
+            rng = np.random.RandomState((self.seed + epoch) % 2**32)
+            tie_break = rng.permutation(len(self.sizes))
+        else:
+            tie_break = np.arange(len(self.sizes))
+        # lexsort keys: last is primary. Ascending size, then reversed: longest first.
+        order = np.lexsort((tie_break, self.sizes))[::-1]
+        batches = batch_by_size(
+            order,
+            self.sizes,
+            max_tokens=self.max_tokens,
+            max_sentences=self.max_sentences,
+            required_batch_size_multiple=self.required_batch_size_multiple,
+        )
+        if self.shuffle:
+            np.random.RandomState((self.seed + epoch) % 2**32).shuffle(batches)
+        self._cache = (epoch, batches)
+        return batches
+
+    def _rank_positions(self, epoch: int) -> range:
+        """Global positions (in `epoch_batches`) of this rank's batches."""
+        total = len(self.epoch_batches(epoch))
+        if self.drop_last:
+            total -= total % self.num_replicas
+        return range(self.rank, total, self.num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.num_batches_consumed = 0
+            self._resume_at = 0
+
+    def mark_consumed(self, num_batches: int = 1) -> None:
+        """Record that the trainer has fully used `num_batches` more batches of this epoch."""
+        self.num_batches_consumed += num_batches
+
+    def iter_with_position(self) -> Iterator[tuple[int, list[int]]]:
+        """Yield (global batch position in the epoch, indices) for this rank."""
+        positions = self._rank_positions(self.epoch)[self._resume_at :]
+        self.num_batches_consumed = self._resume_at
+        self._resume_at = 0
+        batches = self.epoch_batches(self.epoch)
+        for pos in positions:
+            yield pos, batches[pos].tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _, batch in self.iter_with_position():
+            yield batch
+
+    def __len__(self) -> int:
+        """Batches the next iteration yields: a full epoch, or what remains after a resume."""
+        return len(self._rank_positions(self.epoch)) - self._resume_at
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "num_batches_consumed": self.num_batches_consumed,
+            "seed": self.seed,
+            "num_replicas": self.num_replicas,
+            "rank": self.rank,
+            "num_batches": len(self._rank_positions(self.epoch)),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("seed", "num_replicas"):
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"sampler state has {key}={state[key]}, this sampler {getattr(self, key)}; "
+                    "resuming mid-epoch needs the same batching settings"
+                )
+        self.epoch = state["epoch"]
+        num_batches = len(self._rank_positions(self.epoch))
+        if state["num_batches"] != num_batches:
+            raise ValueError(
+                f"sampler state had {state['num_batches']} batches in epoch {self.epoch}, "
+                f"this sampler makes {num_batches}: dataset or batching settings changed"
+            )
+        self.num_batches_consumed = state["num_batches_consumed"]
+        self._resume_at = self.num_batches_consumed

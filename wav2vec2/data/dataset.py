@@ -1,0 +1,206 @@
+"""Raw-audio dataset over a fairseq manifest, and the two collations.
+
+Shapes: B batch, L waveform samples.
+
+Follows fairseq's `FileAudioDataset`: float32 via soundfile, multi-channel averaged to
+mono, whole-file normalisation before any crop, `min_sample_size` filtering at load.
+Stricter than fairseq: a file whose length differs from its manifest entry (truncated
+or replaced since the manifest was written) is an error naming the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+from wav2vec2.data.manifest import read_manifest
+
+logger = logging.getLogger(__name__)
+
+
+class RawAudioDataset(torch.utils.data.Dataset):
+    """Audio files listed in a fairseq manifest.
+
+    Args:
+        manifest_path: TSV manifest (root line, then `relpath<TAB>num_samples`).
+        sample_rate: expected rate; a file at another rate is an error naming it,
+            unless `resample` is set.
+        min_sample_size: entries shorter than this are dropped at load (count logged);
+            entries of 0 samples are always dropped.
+        max_sample_size: crop cap applied by the collaters; also caps `.sizes` when
+            `pad` is False (as fairseq), since those items are cropped to it anyway.
+        normalize: zero mean, unit variance over the whole file (layer norm, eps 1e-5).
+        resample: resample other rates with soxr. Reads every file's header at init to
+            convert manifest lengths to `sample_rate`, so batching sees true sizes.
+        pad: fine-tuning mode (padding collation); only changes `.sizes`.
+    """
+
+    def __init__(
+        self,
+        manifest_path: str | os.PathLike,
+        *,
+        sample_rate: int = 16000,
+        min_sample_size: int = 0,
+        max_sample_size: int | None = None,
+        normalize: bool = False,
+        resample: bool = False,
+        pad: bool = False,
+    ) -> None:
+        self.manifest_path = os.fspath(manifest_path)
+        self.sample_rate = sample_rate
+        self.max_sample_size = max_sample_size
+        self.normalize = normalize
+        self.resample = resample
+        self.pad = pad
+
+        root, entries = read_manifest(self.manifest_path)
+        if not entries:
+            raise ValueError(
+                f"{self.manifest_path}: manifest lists no files (only the root line); "
+                "check --ext and the root directory used to build it"
+            )
+        self.root = root
+        min_keep = max(min_sample_size, 1)
+        # Keep the manifest line of each item so errors can point at it (+2: 1-based, root line).
+        keep = [i for i, (_, n) in enumerate(entries) if n >= min_keep]
+        num_dropped = len(entries) - len(keep)
+        if num_dropped:
+            logger.info(
+                "%s: dropped %d of %d files shorter than min_sample_size=%d",
+                self.manifest_path, num_dropped, len(entries), min_sample_size,
+            )
+        if not keep:
+            raise ValueError(
+                f"{self.manifest_path}: all {len(entries)} files are shorter than "
+                f"min_sample_size={min_sample_size}"
+            )
+        self.paths = [entries[i][0] for i in keep]
+        self.lines = np.asarray(keep, dtype=np.int64) + 2
+        self.manifest_sizes = np.array([entries[i][1] for i in keep], dtype=np.int64)
+        self.num_dropped = num_dropped
+
+        self.lengths = self.manifest_sizes.copy()  # in samples at `sample_rate`
+        if resample:
+            rates = np.array([sf.info(self._abspath(i)).samplerate for i in range(len(self))])
+            self.lengths = np.ceil(self.manifest_sizes * sample_rate / rates).astype(np.int64)
+        # What batching counts: the collater crops to max_sample_size unless padding.
+        if max_sample_size is not None and not pad:
+            self.sizes = np.minimum(self.lengths, max_sample_size)
+        else:
+            self.sizes = self.lengths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _abspath(self, index: int) -> str:
+        return os.path.join(self.root, self.paths[index])
+
+    def _where(self, index: int) -> str:
+        return f"{self._abspath(index)} ({self.manifest_path}:{self.lines[index]})"
+
+    def __getitem__(self, index: int) -> dict:
+        path = self._abspath(index)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"audio file not found: {self._where(index)}")
+        try:
+            wav, sr = sf.read(path, dtype="float32", always_2d=True)  # (L, channels)
+        except Exception as e:  # libsndfile errors come as several types
+            raise ValueError(f"cannot read audio {self._where(index)}: {e}") from e
+        if len(wav) != self.manifest_sizes[index]:
+            raise ValueError(
+                f"{self._where(index)}: file has {len(wav)} samples, manifest says "
+                f"{self.manifest_sizes[index]} (truncated or changed; rebuild the manifest)"
+            )
+        wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]  # (L,)
+        if sr != self.sample_rate:
+            if not self.resample:
+                raise ValueError(
+                    f"{self._where(index)}: sample rate {sr} Hz, expected {self.sample_rate} Hz "
+                    "(resample the corpus, or set resample=True)"
+                )
+            import soxr
+
+            wav = soxr.resample(wav, sr, self.sample_rate, quality="HQ").astype(np.float32)
+        source = torch.from_numpy(np.ascontiguousarray(wav))
+        if self.normalize:
+            source = F.layer_norm(source, source.shape)  # whole file, eps 1e-5, as fairseq
+        return {"id": index, "source": source}
+
+
+def _crop_starts(lens: list[int], target: int, generator: torch.Generator) -> list[int]:
+    """Uniform start in [0, len - target] for each item longer than target, else 0."""
+    starts = []
+    for n in lens:
+        diff = n - target
+        starts.append(int(torch.randint(0, diff + 1, (), generator=generator)) if diff > 0 else 0)
+    return starts
+
+
+def collate_pretrain(
+    items: list[dict], *, max_sample_size: int | None, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Crop every item to the batch's shortest (capped at max_sample_size); no padding.
+
+    Shape: source (B, L) with L = min(shortest item, max_sample_size); id (B,).
+    """
+    if not items:
+        raise ValueError("collate_pretrain: empty batch")
+    lens = [len(it["source"]) for it in items]
+    target = min(lens) if max_sample_size is None else min(min(lens), max_sample_size)
+    starts = _crop_starts(lens, target, generator)
+    source = torch.stack([it["source"][s : s + target] for it, s in zip(items, starts)])
+    ids = torch.tensor([it["id"] for it in items], dtype=torch.long)
+    return {"id": ids, "source": source}
+
+
+def collate_finetune(
+    items: list[dict], *, max_sample_size: int | None, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Right zero-pad to the batch's longest (capped; longer items randomly cropped).
+
+    Shape: source (B, L), padding_mask (B, L) bool with True = padding, id (B,).
+    """
+    if not items:
+        raise ValueError("collate_finetune: empty batch")
+    lens = [len(it["source"]) for it in items]
+    target = max(lens) if max_sample_size is None else min(max(lens), max_sample_size)
+    starts = _crop_starts(lens, target, generator)
+    source = torch.zeros(len(items), target, dtype=items[0]["source"].dtype)
+    padding_mask = torch.ones(len(items), target, dtype=torch.bool)
+    for b, (it, s) in enumerate(zip(items, starts)):
+        n = min(lens[b], target)
+        source[b, :n] = it["source"][s : s + n]
+        padding_mask[b, :n] = False
+    ids = torch.tensor([it["id"] for it in items], dtype=torch.long)
+    return {"id": ids, "source": source, "padding_mask": padding_mask}
+
+
+def crop_seed(seed: int, epoch: int, batch_index: int) -> int:
+    """Seed for one batch's crops, from where the batch sits in the (global) epoch.
+
+    Depends on neither worker count nor rank count nor resume point, so a run's crops
+    are reproducible under any of those changes.
+    """
+    state = np.random.SeedSequence([seed, epoch, batch_index]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1  # 62 bits: fits manual_seed
+
+
+class Collater:
+    """Picklable collate for DataLoader workers: `collater(items, crop_seed=...)`.
+
+    `pad=False` is pretraining (`collate_pretrain`), `pad=True` fine-tuning.
+    """
+
+    def __init__(self, *, pad: bool, max_sample_size: int | None) -> None:
+        self.pad = pad
+        self.max_sample_size = max_sample_size
+
+    def __call__(self, items: list[dict], *, crop_seed: int) -> dict[str, torch.Tensor]:
+        generator = torch.Generator().manual_seed(crop_seed)
+        collate = collate_finetune if self.pad else collate_pretrain
+        return collate(items, max_sample_size=self.max_sample_size, generator=generator)
