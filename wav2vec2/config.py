@@ -1,0 +1,222 @@
+"""Configuration dataclasses for the wav2vec 2.0 model.
+
+Defaults are the BASE recipe of the paper as fairseq ships it
+(`wav2vec2_base_librispeech.yaml`, see `shared/reference/wav2vec2_spec.md` §1.4): where the
+recipe overrides a fairseq dataclass default, the recipe value is the default here and the
+field says so. `large()` and `tiny()` derive the other presets.
+
+This module imports nothing from the package, so every component and every test can build
+its own sub-config directly.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FeatureEncoderConfig:
+    """The convolutional feature encoder (paper §2, fairseq `ConvFeatureExtractionModel`)."""
+
+    conv_dims: list[int] = field(default_factory=lambda: [512] * 7)
+    """Output channels of each conv block."""
+    conv_kernels: list[int] = field(default_factory=lambda: [10, 3, 3, 3, 3, 2, 2])
+    """Kernel width (samples for block 0, frames after) of each conv block."""
+    conv_strides: list[int] = field(default_factory=lambda: [5, 2, 2, 2, 2, 2, 2])
+    """Stride of each conv block. The product (320) is the frame hop: 20 ms at 16 kHz."""
+    mode: str = "default"
+    """"default": GroupNorm(C, C) after the first conv only (BASE, use with unnormalised
+    audio); "layer_norm": LayerNorm over channels after every conv (LARGE, use with
+    normalised audio), as fairseq #4687 advises."""
+    conv_bias: bool = False
+    """Give the convolutions a bias. False for BASE, True for LARGE."""
+    dropout: float = 0.0
+    """Dropout after each convolution (fairseq's `dropout` in the extractor is 0)."""
+    grad_mult: float = 0.1
+    """Multiplies the encoder's gradient on the way back (`feature_grad_mult`): 0.1 in BASE,
+    1.0 (the fairseq default) in LARGE. 0 runs the encoder without autograd (frozen)."""
+
+
+@dataclass
+class MaskingConfig:
+    """Span masking of the latent frames (paper §3.1, fairseq `compute_mask_indices`).
+
+    fairseq's `mask_prob` is not the masked fraction: about `mask_prob * T / mask_len` span
+    starts are drawn, so with overlaps p=0.65, M=10 masks ~49% of the frames. The paper
+    writes the same thing as p=0.065 per frame start.
+    """
+
+    mask_prob: float = 0.65
+    """Expected number of spans is `mask_prob * T / mask_len` (plus one uniform draw)."""
+    mask_len: int = 10
+    """Frames per span (M in the paper)."""
+    selection: str = "static"
+    """Span length distribution: "static" (M), "uniform" [other, 2M], "normal"
+    round(N(M, other)) >= 1, "poisson" round(Poisson(M))."""
+    other: float = 0.0
+    """Second parameter of `selection` (fairseq `mask_other`)."""
+    min_masks: int = 2
+    """Minimum number of spans per utterance. Hard-coded to 2 in fairseq's model."""
+    no_overlap: bool = False
+    """Place spans without overlap, at least `min_space` frames apart."""
+    min_space: int = 1
+    """Gap kept between non-overlapping spans."""
+    require_same_masks: bool = True
+    """Equalise the masked count across the batch (needed to reshape targets to (B, M, C))."""
+    mask_dropout: float = 0.0
+    """Fraction of masked frames unmasked again at random, per utterance."""
+    channel_prob: float = 0.0
+    """Channel masking (off in pretraining): same semantics as `mask_prob` over channels."""
+    channel_len: int = 10
+    """Channels per channel-mask span."""
+    channel_selection: str = "static"
+    """Span length distribution for channel masking."""
+    channel_other: float = 0.0
+    """Second parameter of `channel_selection`."""
+    channel_no_overlap: bool = False
+    """Non-overlapping channel spans."""
+    channel_min_space: int = 1
+    """Gap kept between non-overlapping channel spans."""
+    channel_before: bool = False
+    """Apply the channel mask before the time mask (fairseq `mask_channel_before`)."""
+
+
+@dataclass
+class QuantizerConfig:
+    """Gumbel-softmax product quantizer of the targets (paper §2, §3.2)."""
+
+    num_codebooks: int = 2
+    """G, the number of codebooks (`latent_groups`)."""
+    num_entries: int = 320
+    """V, entries per codebook (`latent_vars`)."""
+    codebook_dim: int = 0
+    """Total dimension of a quantized vector (the G codewords concatenated; `latent_dim`).
+    0 means `final_dim`."""
+    max_temp: float = 2.0
+    """Gumbel temperature at update 0."""
+    min_temp: float = 0.5
+    """Temperature floor: 0.5 in BASE, 0.1 in LARGE."""
+    temp_decay: float = 0.999995
+    """Per-update multiplicative decay: tau(u) = max(max_temp * decay**u, min_temp)."""
+    depth: int = 1
+    """Layers of the logits projection (1 = a single Linear)."""
+    hidden_factor: int = 3
+    """Width multiplier of the hidden layers when depth > 1 (`quantizer_factor`)."""
+
+
+@dataclass
+class TransformerConfig:
+    """The context network (paper §2, fairseq `TransformerEncoder`)."""
+
+    num_layers: int = 12
+    embed_dim: int = 768
+    """D, the model width."""
+    ffn_dim: int = 3072
+    num_heads: int = 12
+    layer_norm_first: bool = False
+    """Pre-LN (LARGE) instead of post-LN (BASE) layers."""
+    dropout: float = 0.1
+    """Residual dropout, also applied to the input of the first layer."""
+    attention_dropout: float = 0.1
+    """Dropout on attention probabilities."""
+    activation_dropout: float = 0.0
+    """Dropout after the FFN's GELU."""
+    layerdrop: float = 0.05
+    """Probability of skipping each layer while training (fairseq default 0; BASE 0.05)."""
+    conv_pos: int = 128
+    """Kernel width of the convolutional positional embedding."""
+    conv_pos_groups: int = 16
+    """Groups of the positional convolution."""
+    required_seq_len_multiple: int = 2
+    """Pad T up to a multiple of this (padded keys are masked) for efficient kernels."""
+
+
+@dataclass
+class LossConfig:
+    """Weights of the extra loss terms, each scaled by the number of masked frames."""
+
+    diversity_weight: float = 0.1
+    """alpha in the paper: weight of (GV - prob_perplexity) / GV."""
+    feature_penalty_weight: float = 10.0
+    """Weight of the L2 penalty on the feature encoder output (BASE 10, LARGE 0)."""
+
+
+@dataclass
+class ModelConfig:
+    """The wav2vec 2.0 pretraining model. Defaults: BASE (95,044,608 parameters)."""
+
+    feature_encoder: FeatureEncoderConfig = field(default_factory=FeatureEncoderConfig)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    final_dim: int = 256
+    """F, dimension the context and the targets are projected to for the contrastive task
+    (BASE 256, LARGE 768; 0 means D)."""
+    dropout_input: float = 0.1
+    """Dropout on the projected features before masking (BASE 0.1)."""
+    dropout_features: float = 0.1
+    """Dropout on the unmasked features that feed the quantizer (BASE 0.1)."""
+    num_negatives: int = 100
+    """K distractors per masked frame, drawn from other masked frames of the same utterance."""
+    logit_temp: float = 0.1
+    """kappa: cosine similarities are divided by this."""
+    crop_seq_to_multiple: int = 1
+    """Crop the frame sequence to a multiple of this (1 = no crop)."""
+
+
+def base() -> ModelConfig:
+    """BASE: 12 x 768, post-LN, group-norm encoder, final_dim 256 (95.0M parameters)."""
+    return ModelConfig()
+
+
+def large() -> ModelConfig:
+    """LARGE (`wav2vec2_large_librivox.yaml`): 24 x 1024 pre-LN, layer-norm encoder with conv
+    bias, final_dim 768, temperature floor 0.1, loss weights [0.1, 0], no dropouts
+    (317.4M parameters)."""
+    cfg = ModelConfig()
+    cfg.feature_encoder.mode = "layer_norm"
+    cfg.feature_encoder.conv_bias = True
+    cfg.feature_encoder.grad_mult = 1.0
+    cfg.transformer = TransformerConfig(
+        num_layers=24,
+        embed_dim=1024,
+        ffn_dim=4096,
+        num_heads=16,
+        layer_norm_first=True,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        layerdrop=0.0,
+    )
+    cfg.quantizer.min_temp = 0.1
+    cfg.loss.feature_penalty_weight = 0.0
+    cfg.final_dim = 768
+    cfg.dropout_input = 0.0
+    cfg.dropout_features = 0.0
+    return cfg
+
+
+def tiny() -> ModelConfig:
+    """TINY: the BASE recipe shrunk for CPU tests (~0.2M parameters). Same stride (320)
+    and receptive field structure, 32 conv channels, 2 layers of width 48, 2 x 16 codebook entries."""
+    cfg = ModelConfig()
+    cfg.feature_encoder.conv_dims = [32] * 7
+    cfg.transformer = TransformerConfig(
+        num_layers=2, embed_dim=48, ffn_dim=96, num_heads=2, conv_pos=16, conv_pos_groups=2
+    )
+    cfg.quantizer.num_entries = 16
+    cfg.final_dim = 16
+    cfg.num_negatives = 10
+    return cfg
+
+
+PRESETS = {"base": base, "large": large, "tiny": tiny}
+
+
+def preset(name: str) -> ModelConfig:
+    """A fresh copy of a named preset ("base", "large" or "tiny")."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return copy.deepcopy(PRESETS[name]())
