@@ -1,0 +1,115 @@
+"""Atomic checkpoint files in a run directory.
+
+Layout: `checkpoint_last.pt` (newest), `checkpoint_{update:08d}.pt` (interval snapshots,
+pruned to the newest `keep_last`), `checkpoint_best.pt` (lowest validation loss).
+
+Every file is written to `<name>.tmp` in the same directory, fsynced, then renamed over the
+target with `os.replace`, which is atomic on POSIX: a reader (or a resumed run after a
+SIGKILL) sees either the old complete file or the new complete one, never a torn file.
+`checkpoint_last` is written first in each save, so it is never older than a snapshot.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+LAST = "checkpoint_last.pt"
+BEST = "checkpoint_best.pt"
+_SNAPSHOT = re.compile(r"^checkpoint_(\d{8})\.pt$")
+
+
+def snapshot_name(num_updates: int) -> str:
+    return f"checkpoint_{num_updates:08d}.pt"
+
+
+def serialize(state: dict[str, Any]) -> bytes:
+    """The bytes of `torch.save(state)`, so several files can be written from one pickle."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that `path` is always either absent, old or new, complete."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    # fsync the directory so the rename itself survives a power loss, not just a SIGKILL.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save(
+    run_dir: Path, state: dict[str, Any], *, snapshot: bool, best: bool, keep_last: int
+) -> None:
+    """Write `checkpoint_last`, then optionally a snapshot and `checkpoint_best`; prune."""
+    run_dir = Path(run_dir)
+    data = serialize(state)
+    atomic_write(run_dir / LAST, data)
+    if snapshot:
+        atomic_write(run_dir / snapshot_name(int(state["num_updates"])), data)
+        prune_snapshots(run_dir, keep_last)
+    if best:
+        atomic_write(run_dir / BEST, data)
+
+
+def snapshots(run_dir: Path) -> list[Path]:
+    """Interval snapshots, oldest first."""
+    found = [p for p in Path(run_dir).glob("checkpoint_*.pt") if _SNAPSHOT.match(p.name)]
+    return sorted(found, key=lambda p: int(_SNAPSHOT.match(p.name).group(1)))
+
+
+def prune_snapshots(run_dir: Path, keep_last: int) -> None:
+    if keep_last <= 0:
+        return
+    for old in snapshots(run_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+
+
+def load(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    # weights_only=False: the checkpoint holds RNG states and plain Python containers that
+    # we wrote ourselves; only load checkpoints you trust, as with any pickle.
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def find_latest(run_dir: Path) -> Path | None:
+    """The newest checkpoint in `run_dir` that loads, or None (see `load_latest`)."""
+    found = load_latest(run_dir)
+    return None if found is None else found[0]
+
+
+def load_latest(
+    run_dir: Path, *, map_location: str | torch.device = "cpu"
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in `run_dir` that loads, with its contents, or None.
+
+    `checkpoint_last` is tried first; snapshots follow, newest first, in case `last` is
+    unreadable (a disk fault, or a file copied in by hand). Leftover `.tmp` files from a
+    killed write are ignored.
+    """
+    run_dir = Path(run_dir)
+    candidates = [run_dir / LAST] + list(reversed(snapshots(run_dir)))
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            return path, load(path, map_location=map_location)
+        except Exception as err:  # noqa: BLE001 - any unreadable file means "try the next"
+            log.warning("skipping unreadable checkpoint %s: %s", path, err)
+    return None

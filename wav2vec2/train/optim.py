@@ -1,0 +1,116 @@
+"""Optimizer, learning-rate schedule and fp16 loss scaling (spec §6).
+
+The schedule is a pure function of the update count, so there is no scheduler object to
+checkpoint and a skipped fp16 update cannot advance it by accident.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from wav2vec2.train.config import OptimConfig, PrecisionConfig
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam with decoupled weight decay on *all* parameters, biases and norms included:
+    fairseq's `adam` applies `p -= lr * wd * p` to every parameter, and so do we."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    # foreach is faster on GPU; fused would change the arithmetic order on CPU tests.
+    return torch.optim.AdamW(
+        params,
+        lr=lr_at(0, cfg),
+        betas=(cfg.betas[0], cfg.betas[1]),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def lr_at(num_updates: int, cfg: OptimConfig) -> float:
+    """Learning rate for the update that follows `num_updates` completed ones.
+
+    fairseq's `polynomial_decay`: linear warmup to the peak, then (1 - progress)**power
+    decay to `end_lr` at `max_update`. fairseq sets lr = peak * u / warmup *after* update u,
+    and peak / warmup before the first, hence max(u, 1).
+    """
+    u, warmup = num_updates, cfg.warmup_updates
+    if warmup > 0 and u <= warmup:
+        return cfg.lr * max(u, 1) / warmup
+    if u >= cfg.max_update:
+        return cfg.end_lr
+    progress = (u - warmup) / (cfg.max_update - warmup)
+    return (cfg.lr - cfg.end_lr) * (1.0 - progress) ** cfg.power + cfg.end_lr
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+class DynamicLossScaler:
+    """fairseq's fp16 loss scaling: x2 after `scale_window` clean updates, /2 on overflow.
+
+    Written out rather than using `torch.amp.GradScaler` because the trainer needs to know,
+    before stepping, whether the update is skipped (the update count, lr and Gumbel
+    temperature must not advance), and the overflow test is the gradient norm the trainer
+    computes anyway, which DDP has already made identical on every rank.
+    """
+
+    def __init__(self, *, init_scale: float, scale_window: int, min_scale: float) -> None:
+        self.scale = float(init_scale)
+        self.scale_window = scale_window
+        self.min_scale = min_scale
+        self._clean_updates = 0
+
+    def update(self, overflow: bool) -> None:
+        """Adjust the scale after an update attempt; raises when the scale underflows."""
+        if overflow:
+            self.scale /= 2.0
+            self._clean_updates = 0
+            if self.scale < self.min_scale:
+                raise FloatingPointError(
+                    f"loss scale fell below precision.min_loss_scale={self.min_scale}: the loss "
+                    "is exploding; lower optim.lr, set optim.clip_norm or use bf16"
+                )
+        else:
+            self._clean_updates += 1
+            if self._clean_updates % self.scale_window == 0:
+                self.scale *= 2.0
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"scale": self.scale, "clean_updates": self._clean_updates}
+
+    def load_state_dict(self, state: dict[str, float | int]) -> None:
+        self.scale = float(state["scale"])
+        self._clean_updates = int(state["clean_updates"])
+
+
+def build_loss_scaler(
+    cfg: PrecisionConfig, *, world_size: int, update_freq: int
+) -> DynamicLossScaler | None:
+    """A scaler for fp16, None otherwise (bf16 has fp32's exponent range)."""
+    if cfg.dtype != "fp16":
+        return None
+    window = cfg.fp16_scale_window or max(1, 2**14 // world_size // update_freq)
+    return DynamicLossScaler(
+        init_scale=cfg.fp16_init_scale, scale_window=window, min_scale=cfg.min_loss_scale
+    )
+
+
+def scale_grads_(params: list[nn.Parameter], factor: float) -> None:
+    """Multiply every gradient in place (fairseq's `multiply_grads`)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        torch._foreach_mul_(grads, factor)
+
+
+def grad_norm(params: list[nn.Parameter], clip_norm: float) -> float:
+    """Global L2 norm of the gradients, clipping them to `clip_norm` if it is > 0.
+
+    Returns inf or nan when a gradient overflowed, which is how fp16 overflow is detected.
+    """
+    max_norm = clip_norm if clip_norm > 0 else math.inf
+    norm = nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=False)
+    return float(norm)
