@@ -26,10 +26,10 @@ def batch_by_size(
     """Cut `indices` (in order) into batches, as fairseq's `batch_by_size`.
 
     A batch grows while n_items <= max_sentences and n_items * longest <= max_tokens.
-    When it must close, a batch of more than `required_batch_size_multiple` items is
-    rounded down to a multiple of it and the rest starts the next batch; so every batch
-    is either smaller than the multiple or a multiple of it. The last batch is kept
-    whatever its size (fairseq does too).
+    When it closes (budget reached or no items left), a batch of more than
+    `required_batch_size_multiple` items is rounded down to a multiple of it and the rest
+    starts the next batch; so every batch is either smaller than the multiple or a
+    multiple of it. Nothing is dropped: the last batch may be smaller than the multiple.
     """
     mult = required_batch_size_multiple
     if mult < 1:
@@ -56,7 +56,7 @@ def batch_by_size(
                 break
             longest, end = longest_new, end + 1
         count = end - start
-        if end < n and count > mult:  # closed by the budget: keep a multiple
+        if count > mult:  # keep a multiple; the rest starts the next batch
             count -= count % mult
         batches.append(indices[start : start + count])
         start += count

@@ -1,0 +1,47 @@
+"""`wav2vec2-manifest`: scan a directory of audio into fairseq train/valid TSV manifests."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from wav2vec2.data.manifest import build_manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("root", help="directory to scan recursively")
+    parser.add_argument("--dest", default=".", help="output directory for train.tsv / valid.tsv")
+    parser.add_argument("--ext", action="append", help="audio extension; repeat for several (default: flac)")
+    parser.add_argument("--valid-percent", type=float, default=0.01, help="fraction of files for valid.tsv")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--path-must-contain", default=None, help="keep only paths containing this string")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes reading headers")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    try:
+        summary = build_manifest(
+            args.root,
+            args.dest,
+            exts=args.ext or ["flac"],
+            valid_percent=args.valid_percent,
+            seed=args.seed,
+            path_must_contain=args.path_must_contain,
+            num_workers=args.workers,
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary)
+    if summary.rejected:
+        print(f"rejected files listed in {os.path.join(args.dest, 'rejected.tsv')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
