@@ -1,0 +1,340 @@
+"""Interop with transformers' `Wav2Vec2ForPreTraining` (verified equal to fairseq 0.12.2).
+
+Configs, state dicts and whole models in both directions, so a checkpoint trained here can
+be fine-tuned with transformers and a transformers checkpoint can be trained further here.
+transformers is an optional dependency (extras `dev`/`bench`): it is imported inside the
+functions that need it, never at module level.
+
+Config fields with no transformers counterpart (they change training, not the eval forward,
+unless noted):
+
+- `feature_encoder.grad_mult` (fairseq `feature_grad_mult`): transformers has only
+  `freeze_feature_encoder()` (= grad_mult 0); there is no gradient scaling.
+- `feature_encoder.dropout`: transformers' conv layers have no dropout.
+- `loss.feature_penalty_weight`: transformers' pretraining loss has no feature penalty.
+- `quantizer.max_temp/min_temp/temp_decay`: transformers keeps one temperature on the module
+  (`set_gumbel_temperature`); the schedule lives in its example training script.
+- `quantizer.depth/hidden_factor`: transformers' `weight_proj` is one Linear, so depth must be 1.
+- `masking.selection/other/no_overlap/min_space/require_same_masks/mask_dropout` and every
+  `channel_*` option except prob/len: transformers' `_compute_mask_indices` is static,
+  overlapping spans only. Its per-row span count also differs slightly from fairseq's.
+- `crop_seq_to_multiple`, `transformer.required_seq_len_multiple`: no counterpart; the second
+  only pads with masked keys, so it does not change outputs.
+
+and the other way (transformers fields ignored on import): `mask_feature_min_masks` (our
+channel masks use 0, as fairseq), `apply_spec_augment`, the CTC/classification/x-vector/
+adapter heads and `final_dropout`. Hub pretraining checkpoints usually carry fine-tuning
+masking values (`mask_time_prob` 0.05); they are mapped as they are.
+
+Fields that only exist here are taken from a `template` ModelConfig on import (default: the
+BASE recipe), so `config_from_hf(config_to_hf(cfg), template=cfg) == cfg`.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from wav2vec2.config import ModelConfig
+from wav2vec2.model.wav2vec2 import Wav2Vec2Model
+
+if TYPE_CHECKING:  # transformers is optional
+    from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
+
+# ---------------------------------------------------------------------------------------------
+# The one parameter mapping: (our key prefix, transformers key prefix). "#" stands for a block
+# or layer index and must match the same number on both sides. A key is renamed by the first
+# row whose prefix it starts with; a key no row matches is an error in either direction.
+#
+# Not a plain rename (handled in state_dict_to_hf / state_dict_from_hf):
+# - post_extract_proj: fairseq (and we) drop the projection when conv dim C == model dim D;
+#   transformers always has one. Export writes an identity, import requires an identity.
+# - the positional conv's weight norm: both sides use torch.nn.utils.parametrizations
+#   (original0 = gain g, (1, 1, k); original1 = direction v, (D, D/groups, k); dim=2). Old
+#   transformers checkpoints store the same tensors as weight_g / weight_v: accepted on import.
+# - quantizer codebook: the same (1, G*V, E) layout on both sides (group-major entries, so
+#   view(G, V, E) gives codebook g, entry v), and weight_proj outputs G*V logits in that order.
+# ---------------------------------------------------------------------------------------------
+PARAM_MAP: tuple[tuple[str, str], ...] = (
+    ("mask_emb", "wav2vec2.masked_spec_embed"),
+    ("feature_encoder.blocks.#.conv.", "wav2vec2.feature_extractor.conv_layers.#.conv."),
+    ("feature_encoder.blocks.#.norm.", "wav2vec2.feature_extractor.conv_layers.#.layer_norm."),
+    ("layer_norm.", "wav2vec2.feature_projection.layer_norm."),
+    ("post_extract_proj.", "wav2vec2.feature_projection.projection."),
+    ("encoder.pos_conv.conv.", "wav2vec2.encoder.pos_conv_embed.conv."),
+    ("encoder.layer_norm.", "wav2vec2.encoder.layer_norm."),
+    ("encoder.layers.#.self_attn.", "wav2vec2.encoder.layers.#.attention."),
+    ("encoder.layers.#.self_attn_layer_norm.", "wav2vec2.encoder.layers.#.layer_norm."),
+    ("encoder.layers.#.fc1.", "wav2vec2.encoder.layers.#.feed_forward.intermediate_dense."),
+    ("encoder.layers.#.fc2.", "wav2vec2.encoder.layers.#.feed_forward.output_dense."),
+    ("encoder.layers.#.final_layer_norm.", "wav2vec2.encoder.layers.#.final_layer_norm."),
+    ("quantizer.codebook", "quantizer.codevectors"),
+    ("quantizer.weight_proj.", "quantizer.weight_proj."),
+    ("project_q.", "project_q."),
+    ("final_proj.", "project_hid."),
+)
+
+# Pre-parametrization weight-norm names in older transformers checkpoints.
+_LEGACY_HF_SUFFIXES = {
+    ".conv.weight_g": ".conv.parametrizations.weight.original0",
+    ".conv.weight_v": ".conv.parametrizations.weight.original1",
+}
+
+_PROJ_HF = "wav2vec2.feature_projection.projection."
+
+
+def _compile(prefix: str) -> re.Pattern[str]:
+    return re.compile("^" + re.escape(prefix).replace(r"\#", r"(\d+)"))
+
+
+_TO_HF = [(_compile(ours), hf) for ours, hf in PARAM_MAP]
+_FROM_HF = [(_compile(hf), ours) for ours, hf in PARAM_MAP]
+
+
+def _rename(key: str, table: list[tuple[re.Pattern[str], str]]) -> str:
+    for pattern, target in table:
+        m = pattern.match(key)
+        if m:
+            for index in m.groups():
+                target = target.replace("#", index, 1)
+            return target + key[m.end():]
+    raise ValueError(f"no mapping for parameter {key!r} (see PARAM_MAP in wav2vec2/interop/hf.py)")
+
+
+def _conv_and_model_dims(cfg: ModelConfig) -> tuple[int, int]:
+    return cfg.feature_encoder.conv_dims[-1], cfg.transformer.embed_dim
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs
+# ---------------------------------------------------------------------------------------------
+def config_to_hf(cfg: ModelConfig) -> Wav2Vec2Config:
+    """The transformers config of the same architecture and (where it has one) recipe."""
+    from transformers import Wav2Vec2Config
+
+    if cfg.quantizer.depth != 1:
+        raise ValueError(
+            "transformers' quantizer has a single Linear for its logits; quantizer.depth "
+            f"must be 1, got {cfg.quantizer.depth}"
+        )
+    if cfg.masking.mask_prob <= 0 and cfg.masking.channel_prob <= 0:
+        # transformers only builds masked_spec_embed when some masking is on.
+        raise ValueError(
+            "transformers drops the mask embedding when mask_prob and channel_prob are 0"
+        )
+    t, q = cfg.transformer, cfg.quantizer
+    final_dim = cfg.final_dim or t.embed_dim
+    return Wav2Vec2Config(
+        architectures=["Wav2Vec2ForPreTraining"],
+        # feature encoder
+        conv_dim=list(cfg.feature_encoder.conv_dims),
+        conv_kernel=list(cfg.feature_encoder.conv_kernels),
+        conv_stride=list(cfg.feature_encoder.conv_strides),
+        conv_bias=cfg.feature_encoder.conv_bias,
+        feat_extract_norm={"default": "group", "layer_norm": "layer"}[cfg.feature_encoder.mode],
+        feat_extract_activation="gelu",
+        # transformer
+        hidden_size=t.embed_dim,
+        num_hidden_layers=t.num_layers,
+        num_attention_heads=t.num_heads,
+        intermediate_size=t.ffn_dim,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        do_stable_layer_norm=t.layer_norm_first,
+        num_conv_pos_embeddings=t.conv_pos,
+        num_conv_pos_embedding_groups=t.conv_pos_groups,
+        hidden_dropout=t.dropout,
+        attention_dropout=t.attention_dropout,
+        activation_dropout=t.activation_dropout,
+        layerdrop=t.layerdrop,
+        feat_proj_dropout=cfg.dropout_input,
+        feat_quantizer_dropout=cfg.dropout_features,
+        # masking
+        apply_spec_augment=True,
+        mask_time_prob=cfg.masking.mask_prob,
+        mask_time_length=cfg.masking.mask_len,
+        mask_time_min_masks=cfg.masking.min_masks,
+        mask_feature_prob=cfg.masking.channel_prob,
+        mask_feature_length=cfg.masking.channel_len,
+        mask_feature_min_masks=0,
+        # quantizer, contrastive task, loss
+        num_codevector_groups=q.num_codebooks,
+        num_codevectors_per_group=q.num_entries,
+        codevector_dim=q.codebook_dim or final_dim,
+        proj_codevector_dim=final_dim,
+        num_negatives=cfg.num_negatives,
+        contrastive_logits_temperature=cfg.logit_temp,
+        diversity_loss_weight=cfg.loss.diversity_weight,
+    )
+
+
+def config_from_hf(
+    hf_config: Wav2Vec2Config, *, template: ModelConfig | None = None
+) -> ModelConfig:
+    """Our config from a transformers one. Fields transformers has no counterpart for come from
+    `template` (default: the BASE recipe). Raises ValueError for architectures we do not have."""
+    c = hf_config
+    unsupported = {
+        "hidden_act": (c.hidden_act, "gelu"),
+        "feat_extract_activation": (c.feat_extract_activation, "gelu"),
+        "layer_norm_eps": (c.layer_norm_eps, 1e-5),
+        "add_adapter": (c.add_adapter, False),
+        "adapter_attn_dim": (getattr(c, "adapter_attn_dim", None), None),
+    }
+    for name, (value, expected) in unsupported.items():
+        if value != expected:
+            raise ValueError(
+                f"transformers config has {name}={value!r}; only {expected!r} is supported"
+            )
+    if c.feat_extract_norm not in ("group", "layer"):
+        raise ValueError(f"unknown feat_extract_norm {c.feat_extract_norm!r}")
+
+    cfg = copy.deepcopy(template) if template is not None else ModelConfig()
+    fe, t, m, q = cfg.feature_encoder, cfg.transformer, cfg.masking, cfg.quantizer
+    fe.conv_dims = list(c.conv_dim)
+    fe.conv_kernels = list(c.conv_kernel)
+    fe.conv_strides = list(c.conv_stride)
+    fe.conv_bias = bool(c.conv_bias)
+    fe.mode = {"group": "default", "layer": "layer_norm"}[c.feat_extract_norm]
+
+    t.embed_dim = c.hidden_size
+    t.num_layers = c.num_hidden_layers
+    t.num_heads = c.num_attention_heads
+    t.ffn_dim = c.intermediate_size
+    t.layer_norm_first = bool(c.do_stable_layer_norm)
+    t.conv_pos = c.num_conv_pos_embeddings
+    t.conv_pos_groups = c.num_conv_pos_embedding_groups
+    t.dropout = float(c.hidden_dropout)
+    t.attention_dropout = float(c.attention_dropout)
+    t.activation_dropout = float(c.activation_dropout)
+    t.layerdrop = float(c.layerdrop)
+    cfg.dropout_input = float(c.feat_proj_dropout)
+    cfg.dropout_features = float(c.feat_quantizer_dropout)
+
+    m.mask_prob = float(c.mask_time_prob)
+    m.mask_len = c.mask_time_length
+    m.min_masks = c.mask_time_min_masks
+    m.channel_prob = float(c.mask_feature_prob)
+    m.channel_len = c.mask_feature_length
+
+    q.num_codebooks = c.num_codevector_groups
+    q.num_entries = c.num_codevectors_per_group
+    q.depth = 1
+    cfg.final_dim = c.proj_codevector_dim
+    # 0 means "same as final_dim" here; keep the presets' 0 through a round trip.
+    q.codebook_dim = 0 if c.codevector_dim == c.proj_codevector_dim else c.codevector_dim
+    cfg.num_negatives = c.num_negatives
+    cfg.logit_temp = float(c.contrastive_logits_temperature)
+    cfg.loss.diversity_weight = float(c.diversity_loss_weight)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# State dicts
+# ---------------------------------------------------------------------------------------------
+def state_dict_to_hf(state_dict: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """Our state dict -> `Wav2Vec2ForPreTraining`'s (same tensors, renamed per PARAM_MAP)."""
+    out = {_rename(key, _TO_HF): value for key, value in state_dict.items()}
+    C, D = _conv_and_model_dims(cfg)
+    if C == D:
+        # No post_extract_proj here; transformers always projects. The identity is exact.
+        ref = state_dict["layer_norm.weight"]
+        out[_PROJ_HF + "weight"] = torch.eye(D, dtype=ref.dtype, device=ref.device)
+        out[_PROJ_HF + "bias"] = torch.zeros(D, dtype=ref.dtype, device=ref.device)
+    return out
+
+
+def state_dict_from_hf(hf_state_dict: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """`Wav2Vec2ForPreTraining`'s state dict (new or legacy weight-norm names) -> ours."""
+    hf = {}
+    for key, value in hf_state_dict.items():
+        for old, new in _LEGACY_HF_SUFFIXES.items():
+            if key.endswith(old):
+                key = key[: -len(old)] + new
+        hf[key] = value
+    if "wav2vec2.masked_spec_embed" not in hf:
+        raise ValueError(
+            "the transformers state dict has no masked_spec_embed (it is only built when "
+            "mask_time_prob or mask_feature_prob > 0); a pretraining model needs it"
+        )
+    C, D = _conv_and_model_dims(cfg)
+    if C == D:
+        weight, bias = hf.pop(_PROJ_HF + "weight"), hf.pop(_PROJ_HF + "bias")
+        if not (torch.equal(weight, torch.eye(D, dtype=weight.dtype, device=weight.device))
+                and not bias.any()):
+            raise ValueError(
+                f"conv dim == model dim ({D}), so our model has no post_extract_proj, but the "
+                "transformers feature projection is not the identity; it cannot be dropped"
+            )
+    return {_rename(key, _FROM_HF): value for key, value in hf.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+def load_hf_pretraining(
+    path_or_model: str | Path | Wav2Vec2ForPreTraining, *, template: ModelConfig | None = None
+) -> Wav2Vec2Model:
+    """Our model from a `Wav2Vec2ForPreTraining` instance or a local save_pretrained directory.
+
+    Local paths only: nothing is downloaded (`local_files_only=True`). `template` supplies the
+    fields transformers has no counterpart for (see the module docstring).
+    """
+    if isinstance(path_or_model, (str, Path)):
+        path = Path(path_or_model)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"{path} is not a local directory (hub downloads are not supported)"
+            )
+        from transformers import Wav2Vec2ForPreTraining
+
+        hf_model = Wav2Vec2ForPreTraining.from_pretrained(path, local_files_only=True)
+    else:
+        hf_model = path_or_model
+    cfg = config_from_hf(hf_model.config, template=template)
+    model = Wav2Vec2Model(cfg)
+    model.load_state_dict(state_dict_from_hf(hf_model.state_dict(), cfg), strict=True)
+    return model
+
+
+def export_hf(model: Wav2Vec2Model, out_dir: str | Path) -> Path:
+    """Write `config.json` and `model.safetensors` that `Wav2Vec2ForPreTraining.from_pretrained`
+    loads with no missing or unexpected keys. Returns the directory."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hf_config = config_to_hf(model.cfg)
+    hf_config.save_pretrained(out)
+    tensors = {
+        key: value.detach().cpu().contiguous()
+        for key, value in state_dict_to_hf(model.state_dict(), model.cfg).items()
+    }
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def negatives_to_hf(time_mask: Tensor, negative_indices: Tensor) -> Tensor:
+    """Our negatives -> transformers' `sampled_negative_indices`.
+
+    Ours index each utterance's M masked frames in time order; transformers' index the
+    flattened (B*T) frames of the batch and are read at every frame (unmasked rows are
+    ignored by its loss; they are set to the frame itself here).
+
+    Shape: time_mask (B, T) bool, negative_indices (B, M, K) -> (B, T, K) long.
+    """
+    B, T = time_mask.shape
+    M, K = negative_indices.shape[1:]
+    # Masked frames in time order, as the model orders them: a stable sort puts True first.
+    positions = time_mask.to(torch.int8).sort(dim=1, descending=True, stable=True).indices
+    positions = positions[:, :M]  # (B, M)
+    frames = torch.gather(positions, 1, negative_indices.reshape(B, M * K)).view(B, M, K)
+    flat = frames + (torch.arange(B, device=time_mask.device) * T).view(B, 1, 1)  # into (B*T)
+    out = (torch.arange(B * T, device=time_mask.device).view(B, T, 1)).expand(B, T, K).clone()
+    out[time_mask] = flat.reshape(B * M, K)
+    return out
