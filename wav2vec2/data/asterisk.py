@@ -167,7 +167,7 @@ class AsteriskSummary:
 
 
 def prepare_asterisk(
-    out: str, *, languages: list[str] = list(LANGUAGES), valid_percent: float = 0.05, seed: int = 1
+    out: str, *, languages: tuple[str, ...] | list[str] = LANGUAGES, valid_percent: float = 0.05, seed: int = 1
 ) -> AsteriskSummary:
     """Download, decode and write the corpus under `out` (see module docstring)."""
     for lang in languages:
