@@ -18,9 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from wav2vec2.train.config import register_configs
+from wav2vec2.train.config import register_configs, to_train_config
 
 # The repository's configs/ (an editable or source install); `--config-dir` adds another.
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
@@ -32,4 +32,4 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from wav2vec2.train.trainer import Trainer  # imported late: --help and --cfg stay fast
 
-    Trainer(OmegaConf.to_object(cfg)).fit()
+    Trainer(to_train_config(cfg)).fit()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -225,6 +226,18 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> TrainConfig:
         o.update_freq = d.simulated_world_size // world_size
         d.simulated_world_size = 0  # derived once: a resumed config must not derive it again
     return cfg
+
+
+def to_train_config(cfg: Any) -> TrainConfig:
+    """A composed Hydra config (DictConfig) as a plain `TrainConfig`.
+
+    Merging into a fresh copy of the schema rejects keys the schema lacks, naming them,
+    even ones Hydra let in with a `+key=value` override.
+    """
+    from omegaconf import OmegaConf
+
+    schema = OmegaConf.structured(TrainConfig)
+    return OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.to_container(cfg, resolve=True)))
 
 
 def register_configs() -> None:

@@ -45,15 +45,20 @@ class MetricLogger:
     """Writes one JSON object per line to `run_dir/metrics.jsonl`, mirrors it to TensorBoard
     (`run_dir/tb`) and prints a console line with rate and ETA."""
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool, max_update: int) -> None:
+    def __init__(self, run_dir: Path, *, tensorboard: bool, max_update: int, start_update: int = 0) -> None:
+        """`start_update`: the update the run resumes from. Records logged after it by a run
+        that was killed are dropped, so the files read as if the run had never stopped."""
         self.run_dir = Path(run_dir)
         self.max_update = max_update
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+        path = self.run_dir / "metrics.jsonl"
+        _truncate_jsonl(path, start_update)
+        self._jsonl = open(path, "a", buffering=1)
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            # purge_step hides events a killed run wrote past the checkpoint.
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=start_update + 1 if start_update else None)
         self._t0 = time.monotonic()
         self._u0: int | None = None
 
@@ -131,6 +136,23 @@ def codebook_health(
             "(negatives identical to the positive are masked to -inf)"
         )
     return warnings
+
+
+def _truncate_jsonl(path: Path, last_update: int) -> None:
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line)["num_updates"] <= last_update:
+                keep.append(line)
+        except (ValueError, KeyError):  # a line torn by a kill
+            continue
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        tmp.replace(path)
 
 
 def _clean(value: Any) -> Any:

@@ -95,7 +95,8 @@ class Trainer:
         dist_utils.barrier()
         self._restore()
         self.metrics = (
-            MetricLogger(self.run_dir, tensorboard=cfg.logging.tensorboard, max_update=cfg.optim.max_update)
+            MetricLogger(self.run_dir, tensorboard=cfg.logging.tensorboard, max_update=cfg.optim.max_update,
+                         start_update=self.num_updates)
             if self.dist.is_main else None
         )
         log.info("model: %s parameters; world size %d, update_freq %d, precision %s, device %s",
