@@ -1,6 +1,11 @@
 """Benchmarks. One subcommand per area, each in its own function:
 
     python scripts/bench.py data [--seconds 1800] [--workers 0 1 2]
+    python scripts/bench.py model [--configs tiny base4] [--reps 5]
+
+`model` needs transformers (the `bench` extra): it times the same training step
+(forward + backward, same weights, same mask and negatives) in this project and in
+transformers' Wav2Vec2ForPreTraining, interleaved in one process, and quotes ratios.
 """
 
 from __future__ import annotations
@@ -96,6 +101,106 @@ def bench_data(args: argparse.Namespace) -> dict:
     return results
 
 
+# ----------------------------------------------------------------------------- model
+def _model_configs():
+    from wav2vec2.config import base, tiny
+
+    def base4():  # BASE widths with 4 layers: the per-layer cost of BASE at CPU scale
+        cfg = base()
+        cfg.transformer.num_layers = 4
+        return cfg
+
+    # name -> (config, batch, samples per utterance)
+    return {"tiny": (tiny(), 8, 32_000), "base4": (base4(), 2, 48_000)}
+
+
+def _median(xs: list[float]) -> float:
+    return float(np.median(xs))
+
+
+def _time_interleaved(fns: dict, reps: int) -> dict[str, float]:
+    """Median seconds per call, alternating implementations so load drifts hit both."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: _median(ts) for name, ts in times.items()}
+
+
+def bench_model(args: argparse.Namespace) -> dict:
+    """Training step, masking and negative sampling: ours vs transformers, same machine."""
+    import torch
+    from transformers import Wav2Vec2ForPreTraining
+    from transformers.models.wav2vec2 import modeling_wav2vec2 as hf_w2v
+
+    from wav2vec2.interop.hf import config_to_hf, negatives_to_hf, state_dict_to_hf
+    from wav2vec2.model.losses import pretraining_loss
+    from wav2vec2.model.masking import compute_span_mask
+    from wav2vec2.model.wav2vec2 import Wav2Vec2Model, sample_negatives
+
+    torch.set_num_threads(args.threads)
+    results: dict = {}
+    print(f"threads={args.threads}, reps={args.reps}; median seconds; ratio = transformers / ours")
+    for name in args.configs:
+        cfg, batch, samples = _model_configs()[name]
+        torch.manual_seed(0)
+        ours = Wav2Vec2Model(cfg).train()
+        hf_cfg = config_to_hf(cfg)
+        hf_cfg._attn_implementation = "sdpa"
+        hf = Wav2Vec2ForPreTraining(hf_cfg).train()
+        hf.load_state_dict(state_dict_to_hf(ours.state_dict(), cfg))
+        source = torch.randn(batch, samples)
+        gen = torch.Generator().manual_seed(0)
+        first = ours(source, temperature=2.0, generator=gen)
+        mask, negs = first.time_mask, first.negative_indices
+        hf_negs = negatives_to_hf(mask, negs)
+
+        def step_ours():
+            out = ours(source, temperature=2.0, generator=gen, time_mask=mask, negative_indices=negs)
+            pretraining_loss(out, cfg.loss).total.backward()
+
+        def step_hf():
+            hf(source, mask_time_indices=mask, sampled_negative_indices=hf_negs).loss.backward()
+
+        t = _time_interleaved({"ours": step_ours, "transformers": step_hf}, args.reps)
+        ratio = t["transformers"] / t["ours"]
+        audio_s = batch * samples / 16000
+        print(f"train step {name:6} B={batch} L={samples}: ours {t['ours']:.3f}s "
+              f"({audio_s / t['ours']:.1f} audio-s/s), transformers {t['transformers']:.3f}s, ratio {ratio:.2f}")
+        results[f"step_{name}"] = {**t, "ratio": ratio}
+
+    # Masking and negatives for a BASE batch (8 x 781 frames), where transformers' example
+    # script computes them with NumPy loops on the host.
+    B, T, K = 8, 781, 100
+    gen = torch.Generator().manual_seed(0)
+    m = compute_span_mask((B, T), mask_prob=0.65, mask_len=10, min_masks=2, generator=gen)
+    fns = {
+        "ours": lambda: compute_span_mask((B, T), mask_prob=0.65, mask_len=10, min_masks=2, generator=gen),
+        "transformers": lambda: hf_w2v._compute_mask_indices((B, T), mask_prob=0.65, mask_length=10, min_masks=2),
+    }
+    t = _time_interleaved(fns, args.reps * 4)
+    print(f"span mask   B={B} T={T}: ours {t['ours'] * 1e3:.2f} ms, transformers {t['transformers'] * 1e3:.2f} ms, "
+          f"ratio {t['transformers'] / t['ours']:.2f}")
+    results["mask"] = t
+    M = int(m[0].sum())
+    fns = {
+        "ours": lambda: sample_negatives(B, M, K, generator=gen),
+        "transformers": lambda: hf_w2v._sample_negative_indices((B, T), K, mask_time_indices=m.numpy()),
+    }
+    t = _time_interleaved(fns, args.reps * 4)
+    print(f"negatives   B={B} M={M} K={K}: ours {t['ours'] * 1e3:.2f} ms, transformers "
+          f"{t['transformers'] * 1e3:.2f} ms, ratio {t['transformers'] / t['ours']:.2f}")
+    results["negatives"] = t
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +213,13 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--corpus-dir", default=None, help="keep the generated corpus here")
     data.add_argument("--json", default=None, help="also write results to this file")
     data.set_defaults(func=bench_data)
+
+    model = sub.add_parser("model", help="training step, masking, negatives: ours vs transformers")
+    model.add_argument("--configs", nargs="+", default=["tiny", "base4"], choices=["tiny", "base4"])
+    model.add_argument("--reps", type=int, default=5)
+    model.add_argument("--threads", type=int, default=2)
+    model.add_argument("--json", default=None, help="also write results to this file")
+    model.set_defaults(func=bench_model)
 
     args = parser.parse_args(argv)
     args.func(args)

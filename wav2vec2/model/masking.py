@@ -128,7 +128,7 @@ def _place_with_overlap(lengths, span_valid, num_spans, sizes, num_frames, max_l
     """fairseq's default placement: distinct uniform starts in [0, size - min_len)."""
     batch, max_spans = lengths.shape
     big = torch.iinfo(torch.long).max
-    min_len = torch.where(span_valid, lengths, torch.full_like(lengths, big)).min(dim=1).values
+    min_len = torch.where(span_valid, lengths, torch.full_like(lengths, big)).amin(dim=1)  # amin: min(dim) on int64 is ~1000x slower on CPU (torch 2.13)
     min_len = torch.where(num_spans > 0, min_len, torch.zeros_like(min_len))
     # fairseq: if size - min_len <= num, shrink min_len so num distinct starts exist.
     min_len = torch.where(sizes - min_len <= num_spans, sizes - num_spans - 1, min_len)
@@ -161,7 +161,7 @@ def _place_without_overlap(lengths, span_valid, sizes, num_frames, min_space, ra
     """
     batch, max_spans = lengths.shape
     big = torch.iinfo(torch.long).max
-    keep_len = torch.where(span_valid, lengths, torch.full_like(lengths, big)).min(dim=1).values
+    keep_len = torch.where(span_valid, lengths, torch.full_like(lengths, big)).amin(dim=1)  # amin: min(dim) on int64 is ~1000x slower on CPU (torch 2.13)
     # Longest first; spans a row does not draw have length 0 and sort last.
     sorted_lengths = lengths.sort(dim=1, descending=True).values  # (B, N)
     starts = torch.zeros(batch, max_spans + 1, dtype=torch.long, device=device)
