@@ -59,3 +59,26 @@ def test_two_ranks_equal_one_process_on_the_same_batches(make_tiny_cfg, tmp_path
         torch.testing.assert_close(b[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
         moved += not torch.equal(tensor, init[name])
     assert moved > len(a) // 2  # the updates did change the weights
+
+
+def test_torchrun_through_the_entry_point(tiny_corpus: Path, tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node=2 scripts/train.py ...` with the tiny preset as is
+    (layerdrop > 0, so DDP runs with find_unused_parameters)."""
+    import subprocess
+    import sys
+
+    from wav2vec2.train import checkpoint as ckpt
+
+    repo = Path(__file__).resolve().parents[2]
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+         str(repo / "scripts" / "train.py"), f"data.manifest_dir={tiny_corpus}", f"run_dir={run}",
+         "optim.max_update=4", "logging.tensorboard=false"],
+        env=env, cwd=repo, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = ckpt.load(run / ckpt.LAST)
+    assert state["num_updates"] == 4 and state["world_size"] == 2 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # per-rank dropout streams

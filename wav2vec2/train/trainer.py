@@ -338,7 +338,7 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: collective (all ranks must call it)."""
-        rng = dist_utils.all_gather_object(_rng_state())
+        rng = dist_utils.all_gather_object(ckpt.rng_state())
         return {
             "version": 1,
             "model": self.model.state_dict(),
@@ -373,7 +373,7 @@ class Trainer:
                           dataloader=c.reset_dataloader, rng=True)
         else:
             return
-        _check_same_model(state.get("config", {}).get("model"), dataclasses.asdict(self.cfg.model), path)
+        ckpt.check_same_architecture(state.get("config", {}).get("model"), dataclasses.asdict(self.cfg.model), path)
         self.model.load_state_dict(state["model"])
         if not resets["optimizer"]:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -390,7 +390,7 @@ class Trainer:
         if not resets["rng"]:
             self.best_valid_loss = float(state.get("best_valid_loss", math.inf))
             if state.get("world_size") == self.dist.world_size:
-                _set_rng_state(state["rng"][self.dist.rank])
+                ckpt.set_rng_state(state["rng"][self.dist.rank])
             else:
                 log.warning("checkpoint from %s ranks, now %s: RNG streams restart", state.get("world_size"),
                             self.dist.world_size)
@@ -417,52 +417,10 @@ def _metrics_from_sums(sums: torch.Tensor, *, sample_rate: int) -> dict[str, flo
     }
 
 
-def _check_same_model(saved: dict | None, current: dict, path: Path) -> None:
-    if saved is None:
-        return
-    diffs = [k for k in _flatten(current) if _flatten(saved).get(k) != _flatten(current)[k]]
-    # Regularisation and masking may change when continuing; shapes may not.
-    shape_keys = ("feature_encoder.conv_", "transformer.num_layers", "transformer.embed_dim",
-                  "transformer.ffn_dim", "transformer.conv_pos", "quantizer.num_", "quantizer.codebook_dim",
-                  "quantizer.depth", "final_dim")
-    bad = [k for k in diffs if k.startswith(shape_keys)]
-    if bad:
-        raise ValueError(f"{path} was trained with a different model architecture: model.{', model.'.join(bad)} differ")
-    if diffs:
-        log.warning("model settings differ from %s: %s", path, ", ".join(diffs))
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def _seed_global_rngs(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
 
 
 def _write_config(cfg: TrainConfig, path: Path) -> None:
