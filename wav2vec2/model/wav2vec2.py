@@ -239,12 +239,12 @@ class Wav2Vec2Model(nn.Module):
         context, _ = self.encoder(x, frame_padding)  # (B, T, D)
 
         # The one host sync of the forward: the masked count sets the target shapes.
-        counts = time_mask.sum(dim=1).cpu()
-        M = int(counts[0])
-        if bool((counts != M).any()):
+        counts = time_mask.sum(dim=1).tolist()
+        M = counts[0]
+        if any(c != M for c in counts):
             raise ValueError(
                 "every utterance must have the same number of masked frames "
-                f"(masking.require_same_masks), got {counts.tolist()}"
+                f"(masking.require_same_masks), got {counts}"
             )
         # Masked frame positions in time order: a stable sort puts True (1) first.
         positions = time_mask.to(torch.int8).sort(dim=1, descending=True, stable=True).indices[:, :M]  # (B, M)
