@@ -70,4 +70,7 @@ def build_dataloader(
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        # Its own generator: otherwise each new iterator draws its worker base seed from
+        # torch's global RNG, which would shift dropout streams and break exact resume.
+        generator=torch.Generator().manual_seed(seed),
     )

@@ -45,10 +45,6 @@ class BatchStream:
         self.loader = build_dataloader(
             dataset, sampler, seed=seed, num_workers=num_workers, pin_memory=pin_memory
         )
-        # Without its own generator a DataLoader draws its worker base seed from torch's
-        # global RNG each time an iterator starts, which would tie the dropout stream to
-        # where epochs begin and break exact resume.
-        self.loader.generator = torch.Generator().manual_seed(seed)
         self.epoch = sampler.epoch
         self.consumed = sampler.num_batches_consumed
         self._it: Iterator[dict[str, Any]] | None = None

@@ -132,9 +132,7 @@ class Trainer:
             required_batch_size_multiple=d.required_batch_size_multiple, seed=self.cfg.seed,
             num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=False, drop_last=False,
         )
-        loader = build_dataloader(dataset, self.valid_sampler, seed=self.cfg.seed, num_workers=0)
-        loader.generator = torch.Generator().manual_seed(self.cfg.seed)
-        return loader
+        return build_dataloader(dataset, self.valid_sampler, seed=self.cfg.seed, num_workers=0)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
