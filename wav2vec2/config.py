@@ -110,10 +110,13 @@ class TransformerConfig:
     """The context network (paper §2, fairseq `TransformerEncoder`)."""
 
     num_layers: int = 12
+    """Transformer layers (BASE 12, LARGE 24)."""
     embed_dim: int = 768
-    """D, the model width."""
+    """D, the model width (BASE 768, LARGE 1024)."""
     ffn_dim: int = 3072
+    """Inner width of each layer's feed-forward block (BASE 3072, LARGE 4096)."""
     num_heads: int = 12
+    """Attention heads (BASE 12, LARGE 16); embed_dim must divide by it."""
     layer_norm_first: bool = False
     """Pre-LN (LARGE) instead of post-LN (BASE) layers."""
     dropout: float = 0.1
@@ -147,10 +150,15 @@ class ModelConfig:
     """The wav2vec 2.0 pretraining model. Defaults: BASE (95,044,608 parameters)."""
 
     feature_encoder: FeatureEncoderConfig = field(default_factory=FeatureEncoderConfig)
+    """Raw audio -> latent frames z."""
     masking: MaskingConfig = field(default_factory=MaskingConfig)
+    """Which latent frames the context network must fill in."""
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    """Latent frames -> quantized targets q."""
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    """Masked frames -> context c."""
     loss: LossConfig = field(default_factory=LossConfig)
+    """Weights of the diversity and feature-penalty terms."""
     final_dim: int = 256
     """F, dimension the context and the targets are projected to for the contrastive task
     (BASE 256, LARGE 768; 0 means D)."""
