@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from wav2vec2.train import trainer as trainer_mod
 from wav2vec2.train.optim import DynamicLossScaler

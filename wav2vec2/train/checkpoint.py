@@ -160,3 +160,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+
+
+def seed_global_rngs(seed: int) -> None:
+    """Seed the torch, NumPy and Python global RNGs whose states rng_state() saves."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)

@@ -13,7 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wav2vec2.model.losses import LN2
+
 log = logging.getLogger("wav2vec2.train")
+
+# Per-update sums the trainer all-reduces in one call, in this order.
+SUM_KEYS = ("loss", "contrastive", "diversity", "feature_pen", "correct", "masked_frames",
+            "prob_perplexity", "code_perplexity", "forwards", "utterances", "audio_samples", "frames")
 
 # Keys averaged over the updates of a logging interval, weighted by masked frames. The
 # others (perplexities, temperature, lr, ...) are plain means, as fairseq averages them.
@@ -167,3 +173,30 @@ def _hms(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def metrics_from_sums(sums: Any, *, sample_rate: int) -> dict[str, float]:
+    """Per-update metrics from the all-reduced sums (a tensor ordered as SUM_KEYS): losses
+    in bits per masked frame, as fairseq logs them (spec §7)."""
+    s = dict(zip(SUM_KEYS, sums.tolist()))
+    n = s["masked_frames"]
+    return {
+        "loss": s["loss"] / n / LN2,
+        "contrastive": s["contrastive"] / n / LN2,
+        "diversity": s["diversity"] / n / LN2,
+        "feature_pen": s["feature_pen"] / n / LN2,
+        "accuracy": s["correct"] / n,
+        # Plain means over forwards (per GPU and micro-batch), as fairseq averages them.
+        "prob_perplexity": s["prob_perplexity"] / s["forwards"],
+        "code_perplexity": s["code_perplexity"] / s["forwards"],
+        "masked_frac": n / s["frames"],
+        "masked_frames": n,
+        "utterances": s["utterances"],
+        "audio_sec": s["audio_samples"] / sample_rate,
+    }
+
+
+def setup_logging(is_main: bool) -> None:
+    """Console logging on rank 0 only; other ranks report warnings and errors."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("wav2vec2").setLevel(logging.INFO if is_main else logging.WARNING)

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import torch
 
 from wav2vec2.data import RawAudioDataset, TokenBudgetBatchSampler, build_dataloader
 

@@ -14,24 +14,29 @@ import dataclasses
 import logging
 import math
 import os
-import random
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from wav2vec2.data import RawAudioDataset, TokenBudgetBatchSampler, build_dataloader
-from wav2vec2.model.losses import LN2, pretraining_loss
+from wav2vec2.model.losses import pretraining_loss
 from wav2vec2.model.quantizer import gumbel_temperature
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
 from wav2vec2.train import checkpoint as ckpt
 from wav2vec2.train import distributed as dist_utils
 from wav2vec2.train.config import TrainConfig, validate
-from wav2vec2.train.metrics import Averager, MetricLogger, codebook_health
+from wav2vec2.train.metrics import (
+    SUM_KEYS,
+    Averager,
+    MetricLogger,
+    codebook_health,
+    metrics_from_sums,
+    setup_logging,
+)
 from wav2vec2.train.optim import (
     build_loss_scaler,
     build_optimizer,
@@ -44,9 +49,6 @@ from wav2vec2.train.stream import BatchStream, batch_seed
 
 log = logging.getLogger("wav2vec2.train")
 
-# Per-update sums all-reduced in one call, in this order.
-_SUMS = ("loss", "contrastive", "diversity", "feature_pen", "correct", "masked_frames",
-         "prob_perplexity", "code_perplexity", "forwards", "utterances", "audio_samples", "frames")
 _MASK_STREAM, _VALID_STREAM = 1, 2
 
 
@@ -56,7 +58,7 @@ class Trainer:
         self.cfg = validate(cfg, world_size=self.dist.world_size)
         self.device = self.dist.device
         self.run_dir = Path(cfg.run_dir)
-        _setup_logging(self.dist.is_main)
+        setup_logging(self.dist.is_main)
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
         if cfg.train.deterministic:
@@ -67,7 +69,7 @@ class Trainer:
         # Same init on every rank; then dropout streams differ per rank.
         torch.manual_seed(cfg.seed)
         self.model = Wav2Vec2Model(cfg.model).to(self.device)
-        _seed_global_rngs(cfg.seed + self.dist.rank)
+        ckpt.seed_global_rngs(cfg.seed + self.dist.rank)
         self.ddp_model: torch.nn.Module = self.model
         if self.dist.is_distributed:
             unused = cfg.distributed.find_unused_parameters
@@ -167,7 +169,7 @@ class Trainer:
         temperature = gumbel_temperature(self.num_updates, self.cfg.model.quantizer)
         loss_scale = self.scaler.scale if self.scaler is not None else 1.0
         self.optimizer.zero_grad(set_to_none=True)
-        sums = torch.zeros(len(_SUMS), dtype=torch.float64, device=self.device)
+        sums = torch.zeros(len(SUM_KEYS), dtype=torch.float64, device=self.device)
         for i, (epoch, position, batch) in enumerate(micro_batches):
             self.generator.manual_seed(batch_seed(self.cfg.seed, epoch, position, stream=_MASK_STREAM))
             last = i == len(micro_batches) - 1
@@ -177,7 +179,7 @@ class Trainer:
                 (loss.total * loss_scale).backward()
             sums += part
         sums = dist_utils.all_reduce_sum(sums)
-        n = float(sums[_SUMS.index("masked_frames")])
+        n = float(sums[SUM_KEYS.index("masked_frames")])
         # DDP averaged over ranks: x world / n turns the summed-L gradient into a per-frame mean.
         scale_grads_(self.params, self.dist.world_size / (n * loss_scale))
         gnorm = grad_norm(self.params, self.cfg.optim.clip_norm)
@@ -195,7 +197,7 @@ class Trainer:
         set_lr(self.optimizer, lr)
         self.optimizer.step()
         self.num_updates += 1
-        metrics = _metrics_from_sums(sums, sample_rate=self.cfg.data.sample_rate)
+        metrics = metrics_from_sums(sums, sample_rate=self.cfg.data.sample_rate)
         metrics.update(temperature=temperature, lr=lr, grad_norm=gnorm)
         if self.scaler is not None:
             metrics["loss_scale"] = loss_scale
@@ -213,7 +215,7 @@ class Trainer:
             return None
         self.model.eval()
         temperature = gumbel_temperature(self.num_updates, self.cfg.model.quantizer)
-        sums = torch.zeros(len(_SUMS), dtype=torch.float64, device=self.device)
+        sums = torch.zeros(len(SUM_KEYS), dtype=torch.float64, device=self.device)
         self.valid_sampler.set_epoch(1)
         for i, batch in enumerate(self.valid_loader):
             if self.cfg.train.max_valid_batches and i >= self.cfg.train.max_valid_batches:
@@ -222,9 +224,9 @@ class Trainer:
             self.generator.manual_seed(batch_seed(self.cfg.seed, 0, position, stream=_VALID_STREAM))
             sums += self._forward(self.model, batch, temperature)[1]
         sums = dist_utils.all_reduce_sum(sums)
-        if sums[_SUMS.index("masked_frames")] == 0:
+        if sums[SUM_KEYS.index("masked_frames")] == 0:
             return None
-        metrics = _metrics_from_sums(sums, sample_rate=self.cfg.data.sample_rate)
+        metrics = metrics_from_sums(sums, sample_rate=self.cfg.data.sample_rate)
         metrics.pop("audio_sec")
         metrics["temperature"] = temperature
         return metrics
@@ -396,38 +398,8 @@ class Trainer:
                  [k for k, v in resets.items() if v] or "none")
 
 
-def _metrics_from_sums(sums: torch.Tensor, *, sample_rate: int) -> dict[str, float]:
-    s = dict(zip(_SUMS, sums.tolist()))
-    n = s["masked_frames"]
-    return {
-        "loss": s["loss"] / n / LN2,
-        "contrastive": s["contrastive"] / n / LN2,
-        "diversity": s["diversity"] / n / LN2,
-        "feature_pen": s["feature_pen"] / n / LN2,
-        "accuracy": s["correct"] / n,
-        # Plain means over forwards (per GPU and micro-batch), as fairseq averages them.
-        "prob_perplexity": s["prob_perplexity"] / s["forwards"],
-        "code_perplexity": s["code_perplexity"] / s["forwards"],
-        "masked_frac": n / s["frames"],
-        "masked_frames": n,
-        "utterances": s["utterances"],
-        "audio_sec": s["audio_samples"] / sample_rate,
-    }
-
-
-def _seed_global_rngs(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
 def _write_config(cfg: TrainConfig, path: Path) -> None:
     from omegaconf import OmegaConf
 
     ckpt.atomic_write(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)).encode())
 
-
-def _setup_logging(is_main: bool) -> None:
-    """Console logging on rank 0 only; other ranks report warnings and errors."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("wav2vec2").setLevel(logging.INFO if is_main else logging.WARNING)
