@@ -216,7 +216,7 @@ def test_channel_mask_statistics():
     assert abs(got.mean() - ref.mean()) < 0.02
 
 
-def test_runs_on_mask_device_without_host_loops():
+def test_mask_is_bool_on_the_requested_device():
     # The generator's device decides where the draw happens; CPU here, CUDA for users.
     g = torch.Generator(device="cpu").manual_seed(0)
     m = compute_span_mask((2, 100), mask_prob=0.65, mask_len=10, generator=g, device="cpu")
