@@ -42,6 +42,13 @@ def test_crops_reproducible_and_vary_with_seed():
     assert torch.equal(a["source"], b["source"]) and not torch.equal(a["source"], c["source"])
 
 
+def test_finetune_without_padding_has_no_mask():
+    out = collate_finetune(_items([40, 40]), max_sample_size=None, generator=torch.Generator().manual_seed(0))
+    assert out["source"].shape == (2, 40) and "padding_mask" not in out
+    out = collate_finetune(_items([50, 60]), max_sample_size=40, generator=torch.Generator().manual_seed(0))
+    assert out["source"].shape == (2, 40) and "padding_mask" not in out  # both cropped
+
+
 @pytest.mark.parametrize("cap", [None, 60])
 def test_finetune_pads_right_with_mask(cap):
     lens = [50, 37, 91]
@@ -92,6 +99,12 @@ def test_loader_crops_independent_of_workers(manifest):
 
 def test_loader_finetune_masks_match_lengths(manifest):
     ds = RawAudioDataset(manifest, pad=True)
+    padded = 0
     for batch in _epoch(ds, 0):
         lens = ds.sizes[batch["id"].numpy()]
+        if "padding_mask" not in batch:  # every item as long as the batch
+            assert (lens == batch["source"].shape[1]).all()
+            continue
+        padded += 1
         np.testing.assert_array_equal((~batch["padding_mask"]).sum(1).numpy(), lens)
+    assert padded > 0

@@ -1,14 +1,23 @@
-"""Data pipeline: fairseq TSV manifests, raw-audio dataset, token-budget batching."""
+"""Data pipeline: fairseq TSV manifests, raw-audio datasets (with transcripts for CTC),
+token-budget batching, the resumable batch stream."""
 
-from wav2vec2.data.batching import TokenBudgetBatchSampler, batch_by_size
+from wav2vec2.data.batching import (
+    STREAM_CROP,
+    STREAM_TRAIN,
+    STREAM_VALID,
+    TokenBudgetBatchSampler,
+    batch_by_size,
+    batch_seed,
+)
 from wav2vec2.data.dataset import (
     Collater,
+    LabelledAudioDataset,
     RawAudioDataset,
     collate_finetune,
     collate_pretrain,
-    crop_seed,
 )
-from wav2vec2.data.loader import build_dataloader
+from wav2vec2.data.labels import Dictionary, read_label_file
+from wav2vec2.data.loader import BatchStream, build_dataloader
 from wav2vec2.data.manifest import (
     ManifestSummary,
     build_manifest,
@@ -19,17 +28,24 @@ from wav2vec2.data.manifest import (
 from wav2vec2.data.synthetic import synth_utterance, write_synthetic_corpus
 
 __all__ = [
+    "STREAM_CROP",
+    "STREAM_TRAIN",
+    "STREAM_VALID",
+    "BatchStream",
     "Collater",
+    "Dictionary",
+    "LabelledAudioDataset",
     "ManifestSummary",
     "RawAudioDataset",
     "TokenBudgetBatchSampler",
     "batch_by_size",
+    "batch_seed",
     "build_dataloader",
     "build_manifest",
     "collate_finetune",
     "collate_pretrain",
-    "crop_seed",
     "find_audio",
+    "read_label_file",
     "read_manifest",
     "synth_utterance",
     "write_manifest",

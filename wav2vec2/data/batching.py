@@ -14,6 +14,27 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+# Random streams seeded per batch by `batch_seed`; each use has its own, so none shifts another.
+STREAM_CROP = 0
+"""Crop starts in the collater (pretraining's crop-to-shortest)."""
+STREAM_TRAIN = 1
+"""The model's generator on a training batch: masks, negatives, Gumbel noise."""
+STREAM_VALID = 2
+"""The same on a validation batch, so every validation of a run sees the same masks."""
+
+
+def batch_seed(seed: int, epoch: int, position: int, *, stream: int) -> int:
+    """The one rule for a batch's random seed: a 62-bit seed (fits `manual_seed`) from the
+    run seed, the epoch, the batch's *global* position in the epoch (all ranks' batches
+    counted) and the use (`STREAM_*`).
+
+    It depends on neither the rank nor the worker that handles the batch, nor on where a run
+    resumed: N ranks x M micro-batches reproduce one process on the whole batch, and a
+    resumed run needs no generator state.
+    """
+    state = np.random.SeedSequence([seed, epoch, position, stream]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
 
 def batch_by_size(
     indices: np.ndarray,

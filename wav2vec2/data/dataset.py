@@ -18,6 +18,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from wav2vec2.data.labels import PAD, Dictionary, collate_targets, read_label_file
 from wav2vec2.data.manifest import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -100,8 +101,11 @@ class RawAudioDataset(torch.utils.data.Dataset):
     def _abspath(self, index: int) -> str:
         return os.path.join(self.root, self.paths[index])
 
-    def _where(self, index: int) -> str:
+    def describe(self, index: int) -> str:
+        """The item's file and manifest line, for messages."""
         return f"{self._abspath(index)} ({self.manifest_path}:{self.lines[index]})"
+
+    _where = describe
 
     def __getitem__(self, index: int) -> dict:
         path = self._abspath(index)
@@ -130,6 +134,34 @@ class RawAudioDataset(torch.utils.data.Dataset):
         if self.normalize:
             source = F.layer_norm(source, source.shape)  # whole file, eps 1e-5, as fairseq
         return {"id": index, "source": source}
+
+
+class LabelledAudioDataset(RawAudioDataset):
+    """Audio with its transcript (fairseq `AddTargetDataset`): items gain "target", the
+    label ids of the manifest entry's line in `labels_path` (`{subset}.ltr`).
+
+    Always padding collation (a crop would cut audio away from its letters), so the size
+    used for batching is the whole utterance. Label problems (line count, unknown symbols,
+    empty transcripts) are errors naming the file and line; see `labels.read_label_file`.
+    """
+
+    def __init__(
+        self, manifest_path: str | os.PathLike, *, labels_path: str | os.PathLike, dictionary: Dictionary,
+        **kwargs,
+    ) -> None:
+        super().__init__(manifest_path, pad=True, max_sample_size=None, **kwargs)
+        self.labels_path = os.fspath(labels_path)
+        self.dictionary = dictionary
+        if not os.path.isfile(self.labels_path):
+            raise FileNotFoundError(f"no transcripts for {self.manifest_path}: {self.labels_path} is missing")
+        num_entries = len(self) + self.num_dropped
+        labels = read_label_file(self.labels_path, dictionary=dictionary, num_lines=num_entries)
+        self.labels = [labels[line - 2] for line in self.lines]  # manifest line 2 is entry 0
+
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        item["target"] = torch.tensor(self.labels[index], dtype=torch.long)
+        return item
 
 
 def _crop_starts(lens: list[int], target: int, generator: torch.Generator) -> list[int]:
@@ -178,6 +210,9 @@ def collate_finetune(
 ) -> dict[str, torch.Tensor]:
     """Right zero-pad to the batch's longest (capped; longer items randomly cropped).
 
+    `padding_mask` is only there when some item is padded: the model then behaves as
+    fairseq's does after its `padding_mask.any()` test, without a device round trip.
+
     Shape: source (B, L), padding_mask (B, L) bool with True = padding, id (B,).
     """
     if not items:
@@ -194,17 +229,9 @@ def collate_finetune(
         mask[b, :n] = False
         mask[b, n:] = True
     ids = torch.tensor([it["id"] for it in items], dtype=torch.long)
+    if min(lens) >= target:
+        return {"id": ids, "source": source}
     return {"id": ids, "source": source, "padding_mask": padding_mask}
-
-
-def crop_seed(seed: int, epoch: int, batch_index: int) -> int:
-    """Seed for one batch's crops, from where the batch sits in the (global) epoch.
-
-    Depends on neither worker count nor rank count nor resume point, so a run's crops
-    are reproducible under any of those changes.
-    """
-    state = np.random.SeedSequence([seed, epoch, batch_index]).generate_state(2, dtype=np.uint32)
-    return int(state[0]) << 31 | int(state[1]) >> 1  # 62 bits: fits manual_seed
 
 
 class Collater:
@@ -220,4 +247,9 @@ class Collater:
     def __call__(self, items: list[dict], *, crop_seed: int) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(crop_seed)
         collate = collate_finetune if self.pad else collate_pretrain
-        return collate(items, max_sample_size=self.max_sample_size, generator=generator)
+        batch = collate(items, max_sample_size=self.max_sample_size, generator=generator)
+        if "target" in items[0]:
+            # target (B, S) padded with <pad>, target_lengths (B,)
+            batch["target"], batch["target_lengths"] = collate_targets([it["target"] for it in items],
+                                                                       pad_index=PAD)
+        return batch

@@ -1,19 +1,20 @@
-"""DataLoader wiring: whole batches per worker, crops seeded by batch position.
+"""DataLoader wiring (whole batches per worker, crops seeded by batch position) and the
+resumable stream of batches the trainer consumes.
 
-The sampler runs in the main process and hands each worker a key
-`(crop_seed, indices)`; the worker reads and collates the whole batch. Crops depend only
-on (seed, epoch, batch position), never on which worker got the batch or where a run
-resumed.
+The sampler runs in the main process and hands each worker a key `(crop seed, indices)`;
+the worker reads and collates the whole batch. Crops depend only on (seed, epoch, batch
+position), never on which worker got the batch or where a run resumed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
-from wav2vec2.data.batching import TokenBudgetBatchSampler
-from wav2vec2.data.dataset import Collater, RawAudioDataset, crop_seed
+from wav2vec2.data.batching import STREAM_CROP, TokenBudgetBatchSampler, batch_seed
+from wav2vec2.data.dataset import Collater, RawAudioDataset
 
 BatchKey = tuple[int, list[int]]  # (crop seed, dataset indices)
 
@@ -28,7 +29,7 @@ class _BatchKeys(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[BatchKey]:
         epoch = self.batch_sampler.epoch
         for pos, indices in self.batch_sampler.iter_with_position():
-            yield crop_seed(self.seed, epoch, pos), indices
+            yield batch_seed(self.seed, epoch, pos, stream=STREAM_CROP), indices
 
     def __len__(self) -> int:
         return len(self.batch_sampler)
@@ -74,3 +75,61 @@ def build_dataloader(
         # torch's global RNG, which would shift dropout streams and break exact resume.
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+class BatchStream:
+    """Endless, resumable stream of this rank's training batches, epoch after epoch.
+
+    Yields `(epoch, position, batch)`, where `position` is the batch's index in the
+    epoch's global (all-rank) batch order. DataLoader workers prefetch, so the sampler
+    cannot know how far training got; the stream counts the batches the trainer actually
+    *took*, and that count (with the epoch) is the position a checkpoint stores.
+    """
+
+    def __init__(
+        self,
+        dataset: RawAudioDataset,
+        sampler: TokenBudgetBatchSampler,
+        *,
+        seed: int,
+        num_workers: int,
+        pin_memory: bool = False,
+    ) -> None:
+        self.sampler = sampler
+        self.loader = build_dataloader(
+            dataset, sampler, seed=seed, num_workers=num_workers, pin_memory=pin_memory
+        )
+        self.epoch = sampler.epoch
+        self.consumed = sampler.num_batches_consumed
+        self._it: Iterator[dict[str, Any]] | None = None
+
+    def _start_epoch(self) -> None:
+        self.sampler.set_epoch(self.epoch)
+        if len(self.sampler) == 0 and self.consumed == 0:
+            raise ValueError(
+                "the training set makes no batch for this rank: add data, lower "
+                "data.required_batch_size_multiple or use fewer processes"
+            )
+        self._it = iter(self.loader)
+
+    def next(self) -> tuple[int, int, dict[str, Any]]:
+        if self._it is None:
+            self._start_epoch()
+        batch = next(self._it, None)
+        while batch is None:  # epoch finished: the next one starts at batch 0
+            self.epoch += 1
+            self.consumed = 0
+            self._start_epoch()
+            batch = next(self._it, None)
+        position = self.sampler.rank + self.consumed * self.sampler.num_replicas
+        self.consumed += 1
+        self.sampler.mark_consumed()
+        return self.epoch, position, batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "consumed": self.consumed, "sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.epoch, self.consumed = state["epoch"], state["consumed"]
+        self._it = None

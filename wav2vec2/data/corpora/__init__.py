@@ -1,0 +1,1 @@
+"""Real-speech corpora this project prepares from Debian packages (no hub downloads)."""
