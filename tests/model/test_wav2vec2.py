@@ -246,3 +246,54 @@ def test_training_forward_syncs_with_the_host_once():
         out = model(source, temperature=2.0, generator=torch.Generator().manual_seed(0))
     assert out.logits.shape[0] > 0
     assert counter.calls == ["tolist"]  # the masked-frame count that sets target shapes
+
+
+# ---------------------------------------------------------------- encode
+@pytest.mark.parametrize("layer_norm_first", [False, True])
+def test_encode_returns_hidden_states_features_and_padding(layer_norm_first):
+    cfg = tiny()
+    cfg.transformer.layer_norm_first = layer_norm_first
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(cfg).eval()
+    source = torch.randn(2, 8000)
+    padding = torch.zeros(2, 8000, dtype=torch.bool)
+    padding[1, 6000:] = True
+    out = model.encode(source, padding, return_hidden_states=True, return_features=True)
+    T = model.feature_encoder.output_lengths(8000)
+    assert out.x.shape == (2, T, 48) and out.features.shape == (2, T, 32)
+    assert out.padding_mask.shape == (2, T) and out.padding_mask[1].sum() == T - model.feature_encoder.output_lengths(6000)
+    assert out.time_mask is None
+    assert len(out.hidden_states) == cfg.transformer.num_layers + 1
+    assert all(h.shape == (2, T, 48) for h in out.hidden_states)
+    assert torch.equal(out.hidden_states[-1], out.x)  # the last state is the output
+    plain = model.encode(source, padding)
+    assert torch.equal(plain.x, out.x) and plain.hidden_states is None and plain.features is None
+    # Layer i's output is layer i applied to state i-1 (the layers are really the ones listed).
+    attn_free = model.encode(source[:1], return_hidden_states=True).hidden_states
+    layer1 = model.encoder.layers[1](F.pad(attn_free[1], (0, 0, 0, -T % 2)), None)[:, :T]
+    if not layer_norm_first:
+        assert torch.allclose(layer1, attn_free[2], atol=1e-6)
+
+
+def test_encode_does_not_mask_by_default_and_syncs_nothing():
+    model = tiny_model()
+    model.cfg.transformer.layerdrop = 0.0  # its draw is a CPU float(), counted below
+    source, padding = torch.randn(3, 7000), torch.zeros(3, 7000, dtype=torch.bool)
+    padding[2, 5000:] = True
+    for mode in (model.eval, model.train):
+        mode()
+        with _HostSyncCounter() as counter:
+            out = model.encode(source, padding, return_hidden_states=True, return_features=True)
+            masked = model.encode(source, padding, mask=True, generator=torch.Generator().manual_seed(0))
+        assert counter.calls == [] and out.time_mask is None and masked.time_mask.any()
+    model.eval()
+    assert torch.equal(model.encode(source).x, model.encode(source).x)
+
+
+def test_pretraining_modules_can_be_removed():
+    model = tiny_model()
+    model.remove_pretraining_modules()
+    assert not any(k.startswith(("quantizer", "project_q", "final_proj")) for k in model.state_dict())
+    assert model.encode(torch.randn(1, 4000)).x.shape[-1] == 48
+    with pytest.raises(RuntimeError, match="pretraining modules were removed"):
+        model(torch.randn(1, 4000), temperature=2.0)

@@ -150,12 +150,15 @@ class ContextNetwork(nn.Module):
         x: Tensor,
         padding_mask: Tensor | None = None,
         *,
-        return_layer_outputs: bool = False,
+        return_hidden_states: bool = False,
     ) -> tuple[Tensor, list[Tensor]]:
-        """Shape: x (B, T, D), padding_mask (B, T) True = pad -> ((B, T, D), per-layer list).
+        """Shape: x (B, T, D), padding_mask (B, T) True = pad -> ((B, T, D), hidden states).
 
-        The list holds each layer's output (B, T, D) when `return_layer_outputs` is set,
-        for feature extraction; it is empty otherwise.
+        With `return_hidden_states`, the list holds num_layers + 1 tensors (B, T, D), in
+        transformers' convention: [0] is the input of the first layer (after the positional
+        conv, the post-LN encoder LayerNorm and dropout), [i] the output of layer i; for
+        pre-LN the last one is after the final LayerNorm (it equals the returned output).
+        Empty otherwise.
         """
         if padding_mask is not None:
             x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
@@ -179,15 +182,17 @@ class ContextNetwork(nn.Module):
             attn_bias = attn_bias[:, None, None, :]  # (B, T) -> (B, 1, 1, T)
 
         x = self.dropout(x)
-        layer_outputs: list[Tensor] = []
+        hidden_states: list[Tensor] = []
         for layer in self.layers:
+            if return_hidden_states:
+                hidden_states.append(x[:, :num_frames])
             # LayerDrop: a CPU draw from torch's global RNG, so deciding needs no device sync.
             # fairseq runs the layer when u > p.
             drop = self.training and self.cfg.layerdrop > 0
             if not drop or float(torch.rand(())) > self.cfg.layerdrop:
                 x = layer(x, attn_bias)
-            if return_layer_outputs:
-                layer_outputs.append(x[:, :num_frames])
         if self.cfg.layer_norm_first:
             x = self.layer_norm(x)
-        return x[:, :num_frames], layer_outputs
+        if return_hidden_states:
+            hidden_states.append(x[:, :num_frames])
+        return x[:, :num_frames], hidden_states

@@ -1,9 +1,12 @@
-"""The wav2vec 2.0 pretraining model (paper §2-3, fairseq `Wav2Vec2Model`).
+"""The wav2vec 2.0 model (paper §2-3, fairseq `Wav2Vec2Model`).
 
-forward(): feature encoder -> penalty -> LayerNorm -> projection -> dropouts -> span masking
-with a learned mask embedding -> context network -> quantize the unmasked features at the
-masked frames -> project_q -> sample negatives -> final_proj -> cosine logits / kappa.
-The losses live in `losses.py`.
+encode(): feature encoder -> LayerNorm -> projection -> dropout -> [masking] -> context
+network. What every downstream use calls (fine-tuning, feature extraction, export): no
+quantizer, no negatives, no host synchronisation.
+
+forward(): the pretraining step on the same pieces: encode with span masking (a learned
+mask embedding), then quantize the unmasked features at the masked frames -> project_q ->
+sample negatives -> final_proj -> cosine logits / kappa. The losses live in `losses.py`.
 
 Shapes: B batch, L samples, T frames, C conv channels, D model dim, F final dim,
 M masked frames per utterance, K negatives.
@@ -22,6 +25,23 @@ from wav2vec2.model.feature_encoder import ConvFeatureEncoder, GradMultiply, fra
 from wav2vec2.model.masking import compute_channel_mask, compute_span_mask
 from wav2vec2.model.quantizer import GumbelVectorQuantizer
 from wav2vec2.model.transformer import ContextNetwork
+
+
+@dataclass
+class EncoderOutput:
+    x: Tensor
+    """(B, T, D) output of the context network."""
+    padding_mask: Tensor | None = None
+    """(B, T) bool frame padding mask, True = pad (None when the input had none)."""
+    hidden_states: list[Tensor] | None = None
+    """With `return_hidden_states`: num_layers + 1 tensors (B, T, D), transformers'
+    convention ([0] the input of the first layer, [i] the output of layer i; for pre-LN
+    the last is after the final LayerNorm)."""
+    features: Tensor | None = None
+    """With `return_features`: (B, T, C) feature-encoder output after its LayerNorm, as
+    fairseq's `features` and transformers' `extract_features`."""
+    time_mask: Tensor | None = None
+    """(B, T) bool, True = frame replaced by the mask embedding (None without masking)."""
 
 
 @dataclass
@@ -113,9 +133,11 @@ class Wav2Vec2Model(nn.Module):
         self.dropout_features = nn.Dropout(cfg.dropout_features)
         self.mask_emb = nn.Parameter(torch.empty(D))
         self.encoder = ContextNetwork(cfg.transformer)
-        self.quantizer = GumbelVectorQuantizer(cfg.quantizer, input_dim=C, codebook_dim=vq_dim)
-        self.project_q = nn.Linear(vq_dim, final_dim)
-        self.final_proj = nn.Linear(D, final_dim)
+        # The pretraining heads; `remove_pretraining_modules()` drops them for fine-tuning.
+        self.quantizer: GumbelVectorQuantizer | None = GumbelVectorQuantizer(
+            cfg.quantizer, input_dim=C, codebook_dim=vq_dim)
+        self.project_q: nn.Linear | None = nn.Linear(vq_dim, final_dim)
+        self.final_proj: nn.Linear | None = nn.Linear(D, final_dim)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -134,10 +156,19 @@ class Wav2Vec2Model(nn.Module):
                 linear.reset_parameters()
         nn.init.uniform_(self.mask_emb)
         self.encoder.reset_parameters()
-        self.quantizer.reset_parameters()
+        if self.quantizer is not None:
+            self.quantizer.reset_parameters()
 
-    # ------------------------------------------------------------------ features
-    def _features(self, source: Tensor) -> tuple[Tensor, Tensor]:
+    def remove_pretraining_modules(self) -> None:
+        """Drop the quantizer, project_q and final_proj (fairseq's method of this name):
+        what fine-tuning and feature extraction keep is `encode`. `mask_emb` stays, since
+        fine-tuning masks too."""
+        self.quantizer = None
+        self.project_q = None
+        self.final_proj = None
+
+    # ------------------------------------------------------------------ encoder
+    def _features(self, source: Tensor, *, penalty: bool) -> tuple[Tensor, Tensor | None]:
         """Shape: source (B, L) -> z (B, T, C) after the LayerNorm, and the penalty (0-dim)."""
         grad_mult = self.cfg.feature_encoder.grad_mult
         if grad_mult > 0:
@@ -147,7 +178,7 @@ class Wav2Vec2Model(nn.Module):
         else:
             with torch.no_grad():
                 z = self.feature_encoder(source)
-        features_pen = z.float().pow(2).mean()  # before the LayerNorm, fp32
+        features_pen = z.float().pow(2).mean() if penalty else None  # before the LayerNorm, fp32
         z = self.layer_norm(z.transpose(1, 2))  # (B, C, T) -> (B, T, C)
         return z, features_pen
 
@@ -164,10 +195,11 @@ class Wav2Vec2Model(nn.Module):
     def _apply_masks(
         self, x: Tensor, frame_padding: Tensor | None, time_mask: Tensor | None,
         generator: torch.Generator | None,
-    ) -> tuple[Tensor, Tensor]:
-        """Replace masked frames by mask_emb and zero masked channels.
+    ) -> tuple[Tensor, Tensor | None]:
+        """Replace masked frames by mask_emb and zero masked channels. With
+        `masking.mask_prob` 0 (and no `time_mask` given) no frame is masked, as fairseq.
 
-        Shape: x (B, T, D) -> (B, T, D), time_mask (B, T).
+        Shape: x (B, T, D) -> (B, T, D), time_mask (B, T) or None.
         """
         mcfg = self.cfg.masking
         B, T, D = x.shape
@@ -184,7 +216,7 @@ class Wav2Vec2Model(nn.Module):
         use_channels = self.training and mcfg.channel_prob > 0
         if use_channels and mcfg.channel_before:
             x = x.masked_fill(channel_mask(), 0.0)
-        if time_mask is None:
+        if time_mask is None and mcfg.mask_prob > 0:
             time_mask = compute_span_mask(
                 (B, T), mask_prob=mcfg.mask_prob, mask_len=mcfg.mask_len, generator=generator,
                 device=x.device, padding_mask=frame_padding, min_masks=mcfg.min_masks,
@@ -192,14 +224,74 @@ class Wav2Vec2Model(nn.Module):
                 min_space=mcfg.min_space, require_same_masks=mcfg.require_same_masks,
                 mask_dropout=mcfg.mask_dropout,
             )
-        elif time_mask.shape != (B, T):
+        elif time_mask is not None and time_mask.shape != (B, T):
             raise ValueError(f"time_mask must have shape {(B, T)}, got {tuple(time_mask.shape)}")
-        x = torch.where(time_mask.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
+        if time_mask is not None:
+            x = torch.where(time_mask.unsqueeze(-1), self.mask_emb.to(x.dtype), x)
         if use_channels and not mcfg.channel_before:
             x = x.masked_fill(channel_mask(), 0.0)
         return x, time_mask
 
-    # ------------------------------------------------------------------ forward
+    def _encode(
+        self, source: Tensor, padding_mask: Tensor | None, *, mask: bool,
+        generator: torch.Generator | None, time_mask: Tensor | None = None,
+        return_hidden_states: bool = False, pretraining: bool = False,
+    ) -> tuple[EncoderOutput, Tensor | None, Tensor | None]:
+        """`encode`, plus what only pretraining needs: the feature penalty and the features
+        after `dropout_features` that feed the quantizer (drawn before `dropout_input`, so the
+        dropout streams are fairseq's order)."""
+        if source.dim() != 2:
+            raise ValueError(f"source must have shape (B, L), got {tuple(source.shape)}")
+        z, features_pen = self._features(source, penalty=pretraining)  # (B, T, C)
+        frame_padding = self._frame_padding(padding_mask, source, z.shape[1])
+
+        multiple = self.cfg.crop_seq_to_multiple
+        if multiple > 1:
+            T = z.shape[1] - z.shape[1] % multiple
+            z = z[:, :T]
+            frame_padding = frame_padding[:, :T] if frame_padding is not None else None
+
+        unmasked = self.dropout_features(z) if pretraining else None  # feeds the quantizer
+        x = self.post_extract_proj(z) if self.post_extract_proj is not None else z
+        x = self.dropout_input(x)  # (B, T, D)
+        if mask:
+            x, time_mask = self._apply_masks(x, frame_padding, time_mask, generator)
+        else:
+            time_mask = None
+        context, hidden_states = self.encoder(x, frame_padding, return_hidden_states=return_hidden_states)
+        out = EncoderOutput(
+            x=context, padding_mask=frame_padding, features=z, time_mask=time_mask,
+            hidden_states=hidden_states if return_hidden_states else None,
+        )
+        return out, features_pen, unmasked
+
+    def encode(
+        self,
+        source: Tensor,
+        padding_mask: Tensor | None = None,
+        *,
+        return_hidden_states: bool = False,
+        return_features: bool = False,
+        mask: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> EncoderOutput:
+        """The context network on raw audio: no quantizer, no negatives, no host sync.
+
+        `mask=True` applies the time (and channel) masks of `cfg.masking`, as fine-tuning
+        does while training (fairseq `extract_features(mask=...)`), drawing from
+        `generator`; the default leaves the input unmasked. Dropout and LayerDrop follow
+        the module's train/eval mode.
+
+        Shape: source (B, L) float, padding_mask (B, L) bool True = pad -> EncoderOutput
+        with x (B, T, D) and padding_mask (B, T).
+        """
+        out, _, _ = self._encode(source, padding_mask, mask=mask, generator=generator,
+                                 return_hidden_states=return_hidden_states)
+        if not return_features:
+            out.features = None
+        return out
+
+    # ------------------------------------------------------------------ pretraining
     def forward(
         self,
         source: Tensor,
@@ -219,24 +311,15 @@ class Wav2Vec2Model(nn.Module):
         Shape: source (B, L) float, padding_mask (B, L) bool True = pad,
         time_mask (B, T) bool, negative_indices (B, M, K) long.
         """
-        if source.dim() != 2:
-            raise ValueError(f"source must have shape (B, L), got {tuple(source.shape)}")
-        z, features_pen = self._features(source)  # (B, T, C)
-        B, T, _ = z.shape
-        frame_padding = self._frame_padding(padding_mask, source, T)
-
-        multiple = self.cfg.crop_seq_to_multiple
-        if multiple > 1:
-            T = T - T % multiple
-            z = z[:, :T]
-            frame_padding = frame_padding[:, :T] if frame_padding is not None else None
-
-        unmasked = self.dropout_features(z)  # feeds the quantizer
-        x = self.post_extract_proj(z) if self.post_extract_proj is not None else z
-        x = self.dropout_input(x)  # (B, T, D)
-        x, time_mask = self._apply_masks(x, frame_padding, time_mask, generator)
-
-        context, _ = self.encoder(x, frame_padding)  # (B, T, D)
+        if self.quantizer is None or self.project_q is None or self.final_proj is None:
+            raise RuntimeError("the pretraining modules were removed: use encode(), or a "
+                               "model that still has its quantizer")
+        enc, features_pen, unmasked = self._encode(
+            source, padding_mask, mask=True, generator=generator, time_mask=time_mask, pretraining=True)
+        context, time_mask = enc.x, enc.time_mask  # (B, T, D), (B, T)
+        if time_mask is None:
+            raise ValueError("pretraining needs masked frames: masking.mask_prob must be > 0")
+        B = context.shape[0]
 
         # The one host sync of the forward: the masked count sets the target shapes.
         counts = time_mask.sum(dim=1).tolist()
@@ -271,7 +354,7 @@ class Wav2Vec2Model(nn.Module):
             num_vars=self.quantizer.num_vars,
             temperature=temperature,
             time_mask=time_mask,
-            padding_mask=frame_padding,
+            padding_mask=enc.padding_mask,
             negative_indices=negative_indices,
             extras={"context": context, "targets": targets, "codes": q.codes},
         )
