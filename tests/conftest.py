@@ -1,4 +1,4 @@
-"""Fixtures for the trainer tests: a small synthetic corpus and composed tiny configs."""
+"""Shared fixtures: small synthetic corpora (with transcripts for CTC) and composed presets."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from wav2vec2.data import write_manifest, write_synthetic_corpus
-from wav2vec2.train.config import TrainConfig, register_configs, to_train_config
+from wav2vec2.train.cli import register_configs, to_train_config
+from wav2vec2.train.config import TrainConfig
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "configs")
 TRAIN_SCRIPT = str(REPO / "scripts" / "train.py")
 
@@ -26,6 +27,35 @@ def tiny_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_manifest(root / "train.tsv", str(root / "audio"), entries[:20])
     write_manifest(root / "valid.tsv", str(root / "audio"), entries[20:])
     return root
+
+
+# Transcripts for the synthetic clips: short phrases from a small vocabulary. The audio
+# is not speech, so a model can only memorise them; that is all the CTC tests need.
+_WORDS = ("HI", "THE", "CAT", "DOG", "SAYS", "NO", "IT'S")
+
+
+def write_transcripts(root: Path, num_train: int, num_valid: int, *, seed: int = 0) -> None:
+    """`train.ltr`/`valid.ltr` (+ .wrd) line-aligned with the manifests, and dict.ltr.txt."""
+    import collections
+
+    import numpy as np
+
+    from wav2vec2.data.corpora.asterisk import letters
+
+    rng = np.random.default_rng(seed)
+    phrases = [list(rng.choice(_WORDS, size=int(rng.integers(1, 3)))) for _ in range(num_train + num_valid)]
+    for split, part in (("train", phrases[:num_train]), ("valid", phrases[num_train:])):
+        (root / f"{split}.ltr").write_text("".join(letters(p) + "\n" for p in part))
+        (root / f"{split}.wrd").write_text("".join(" ".join(p) + "\n" for p in part))
+    counts = collections.Counter(t for p in phrases for t in letters(p).split())
+    (root / "dict.ltr.txt").write_text("".join(f"{k} {v}\n" for k, v in counts.most_common()))
+
+
+@pytest.fixture(scope="session")
+def labelled_corpus(tiny_corpus: Path) -> Path:
+    """`tiny_corpus` with transcripts: what CTC fine-tuning reads."""
+    write_transcripts(tiny_corpus, 20, 4)
+    return tiny_corpus
 
 
 def compose_cfg(config_name: str, overrides: list[str]) -> TrainConfig:
@@ -64,6 +94,16 @@ def compose_preset():
 def make_tiny_cfg(tiny_corpus: Path, tmp_path: Path):
     def make(*overrides: str, run_dir: Path | None = None) -> TrainConfig:
         return tiny_cfg(tiny_corpus, run_dir or tmp_path / "run", *overrides)
+
+    return make
+
+
+@pytest.fixture
+def make_ctc_cfg(labelled_corpus: Path, tmp_path: Path):
+    """The ctc_tiny preset on the labelled synthetic corpus, without TensorBoard."""
+    def make(*overrides: str, run_dir: Path | None = None) -> TrainConfig:
+        return compose_cfg("ctc_tiny", [f"data.manifest_dir={labelled_corpus}", f"run_dir={run_dir or tmp_path / 'run'}",
+                                        "logging.tensorboard=false", *overrides])
 
     return make
 

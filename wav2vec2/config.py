@@ -12,24 +12,35 @@ its own sub-config directly.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
+
+_ARCHITECTURE = {"architecture": True}
+
+
+def arch(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field that defines the architecture: the parameters' shapes or what they
+    compute. Weights only load into a model whose architecture fields all match; every
+    other field (dropouts, masking, loss weights, schedules) may change between runs."""
+    return field(default=default, default_factory=default_factory, metadata=_ARCHITECTURE)
 
 
 @dataclass
 class FeatureEncoderConfig:
     """The convolutional feature encoder (paper §2, fairseq `ConvFeatureExtractionModel`)."""
 
-    conv_dims: list[int] = field(default_factory=lambda: [512] * 7)
+    conv_dims: list[int] = arch(default_factory=lambda: [512] * 7)
     """Output channels of each conv block."""
-    conv_kernels: list[int] = field(default_factory=lambda: [10, 3, 3, 3, 3, 2, 2])
+    conv_kernels: list[int] = arch(default_factory=lambda: [10, 3, 3, 3, 3, 2, 2])
     """Kernel width (samples for block 0, frames after) of each conv block."""
-    conv_strides: list[int] = field(default_factory=lambda: [5, 2, 2, 2, 2, 2, 2])
+    conv_strides: list[int] = arch(default_factory=lambda: [5, 2, 2, 2, 2, 2, 2])
     """Stride of each conv block. The product (320) is the frame hop: 20 ms at 16 kHz."""
-    mode: str = "default"
+    mode: str = arch("default")
     """"default": GroupNorm(C, C) after the first conv only (BASE, use with unnormalised
     audio); "layer_norm": LayerNorm over channels after every conv (LARGE, use with
     normalised audio), as fairseq #4687 advises."""
-    conv_bias: bool = False
+    conv_bias: bool = arch(False)
     """Give the convolutions a bias. False for BASE, True for LARGE."""
     dropout: float = 0.0
     """Dropout after each convolution (fairseq's `dropout` in the extractor is 0)."""
@@ -86,11 +97,11 @@ class MaskingConfig:
 class QuantizerConfig:
     """Gumbel-softmax product quantizer of the targets (paper §2, §3.2)."""
 
-    num_codebooks: int = 2
+    num_codebooks: int = arch(2)
     """G, the number of codebooks (`latent_groups`)."""
-    num_entries: int = 320
+    num_entries: int = arch(320)
     """V, entries per codebook (`latent_vars`)."""
-    codebook_dim: int = 0
+    codebook_dim: int = arch(0)
     """Total dimension of a quantized vector (the G codewords concatenated; `latent_dim`).
     0 means `final_dim`."""
     max_temp: float = 2.0
@@ -99,9 +110,9 @@ class QuantizerConfig:
     """Temperature floor: 0.5 in BASE, 0.1 in LARGE."""
     temp_decay: float = 0.999995
     """Per-update multiplicative decay: tau(u) = max(max_temp * decay**u, min_temp)."""
-    depth: int = 1
+    depth: int = arch(1)
     """Layers of the logits projection (1 = a single Linear)."""
-    hidden_factor: int = 3
+    hidden_factor: int = arch(3)
     """Width multiplier of the hidden layers when depth > 1 (`quantizer_factor`)."""
 
 
@@ -109,15 +120,15 @@ class QuantizerConfig:
 class TransformerConfig:
     """The context network (paper §2, fairseq `TransformerEncoder`)."""
 
-    num_layers: int = 12
+    num_layers: int = arch(12)
     """Transformer layers (BASE 12, LARGE 24)."""
-    embed_dim: int = 768
+    embed_dim: int = arch(768)
     """D, the model width (BASE 768, LARGE 1024)."""
-    ffn_dim: int = 3072
+    ffn_dim: int = arch(3072)
     """Inner width of each layer's feed-forward block (BASE 3072, LARGE 4096)."""
-    num_heads: int = 12
+    num_heads: int = arch(12)
     """Attention heads (BASE 12, LARGE 16); embed_dim must divide by it."""
-    layer_norm_first: bool = False
+    layer_norm_first: bool = arch(False)
     """Pre-LN (LARGE) instead of post-LN (BASE) layers."""
     dropout: float = 0.1
     """Residual dropout, also applied to the input of the first layer."""
@@ -127,9 +138,9 @@ class TransformerConfig:
     """Dropout after the FFN's GELU."""
     layerdrop: float = 0.05
     """Probability of skipping each layer while training (fairseq default 0; BASE 0.05)."""
-    conv_pos: int = 128
+    conv_pos: int = arch(128)
     """Kernel width of the convolutional positional embedding."""
-    conv_pos_groups: int = 16
+    conv_pos_groups: int = arch(16)
     """Groups of the positional convolution."""
     required_seq_len_multiple: int = 2
     """Pad T up to a multiple of this (padded keys are masked) for efficient kernels."""
@@ -159,7 +170,7 @@ class ModelConfig:
     """Masked frames -> context c."""
     loss: LossConfig = field(default_factory=LossConfig)
     """Weights of the diversity and feature-penalty terms."""
-    final_dim: int = 256
+    final_dim: int = arch(256)
     """F, dimension the context and the targets are projected to for the contrastive task
     (BASE 256, LARGE 768; 0 means D)."""
     dropout_input: float = 0.1
@@ -220,11 +231,91 @@ def tiny() -> ModelConfig:
     return cfg
 
 
-PRESETS = {"base": base, "large": large, "tiny": tiny}
+def demo() -> ModelConfig:
+    """DEMO: what learns on 2 CPU cores in minutes (`configs/demo.yaml`; why each value,
+    with the runs that led to it: docs/training.md). 0.7M parameters: a 64-channel
+    layer-norm encoder (for normalised audio), 4 x 128 post-LN layers, 2 x 32 codebook
+    entries; short masks (p=0.3, 3 frames), diversity weight 1.0, a temperature that reaches
+    its floor by update ~140, K=20 negatives and no dropout."""
+    cfg = ModelConfig()
+    fe = cfg.feature_encoder
+    fe.conv_dims = [64] * 7
+    fe.mode = "layer_norm"
+    fe.conv_bias = True
+    fe.grad_mult = 1.0
+    cfg.transformer = TransformerConfig(
+        num_layers=4, embed_dim=128, ffn_dim=256, num_heads=4, conv_pos=32, conv_pos_groups=8,
+        dropout=0.0, attention_dropout=0.0, layerdrop=0.0,
+    )
+    cfg.quantizer.num_entries = 32
+    cfg.quantizer.temp_decay = 0.99
+    cfg.masking.mask_prob = 0.3
+    cfg.masking.mask_len = 3
+    cfg.loss.diversity_weight = 1.0
+    cfg.final_dim = 64
+    cfg.num_negatives = 20
+    cfg.dropout_input = 0.0
+    cfg.dropout_features = 0.0
+    return cfg
+
+
+PRESETS = {"base": base, "large": large, "tiny": tiny, "demo": demo}
 
 
 def preset(name: str) -> ModelConfig:
-    """A fresh copy of a named preset ("base", "large" or "tiny")."""
+    """A fresh copy of a named preset ("base", "large", "tiny" or "demo")."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
     return copy.deepcopy(PRESETS[name]())
+
+
+# ------------------------------------------------------------------------- architecture
+def architecture(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """The architecture fields (declared with `arch`) of a config dataclass tree, as
+    {dotted name: value}, e.g. {"transformer.num_layers": 12, ...}."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(architecture(value, f"{prefix}{f.name}."))
+        elif f.metadata.get("architecture"):
+            out[prefix + f.name] = value
+    return out
+
+
+def architecture_differences(saved: dict[str, Any], current: ModelConfig) -> list[str]:
+    """Dotted names of the architecture fields on which `saved` (a model config as a plain
+    dict, as checkpoints store it) differs from `current`. A field `saved` lacks counts
+    as the schema default of its time, which is today's default."""
+    defaults = architecture(ModelConfig())
+    diffs = []
+    for name, value in architecture(current).items():
+        node: Any = saved
+        for part in name.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is _ABSENT:
+            node = defaults[name]
+        if _plain(node) != _plain(value):
+            diffs.append(name)
+    return diffs
+
+
+def with_architecture(cfg: ModelConfig, source: ModelConfig) -> ModelConfig:
+    """A copy of `cfg` whose architecture fields are `source`'s: the shapes come from a
+    pretrained model, everything else (dropouts, masking...) from `cfg`."""
+    out = copy.deepcopy(cfg)
+    for name, value in architecture(source).items():
+        *path, leaf = name.split(".")
+        node = out
+        for part in path:
+            node = getattr(node, part)
+        setattr(node, leaf, copy.deepcopy(value))
+    return out
+
+
+_ABSENT = object()
+
+
+def _plain(value: Any) -> Any:
+    # OmegaConf ListConfig, tuples and lists compare as lists.
+    return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig" else value

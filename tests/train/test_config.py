@@ -9,11 +9,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from wav2vec2.config import large, tiny
-from wav2vec2.train.config import TrainConfig, register_configs, validate
+from wav2vec2.config import demo, large, tiny
+from wav2vec2.train.cli import register_configs
+from wav2vec2.train.config import TrainConfig, validate
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
-PRESETS = ["base_librispeech", "large_librivox", "tiny", "demo"]
+PRESETS = ["base_librispeech", "large_librivox", "tiny", "demo", "ctc_tiny", "ctc_demo", "ctc_base_10m",
+           "ctc_base_1h", "ctc_base_10h", "ctc_base_100h", "ctc_base_960h"]
 REQUIRED = ["data.manifest_dir=/data", "run_dir=/runs/x"]
 
 
@@ -44,8 +46,40 @@ def test_large_preset_is_the_large_recipe(compose_preset) -> None:
     assert cfg.optim.update_freq == 8  # 128 GPUs simulated on 16
 
 
-def test_tiny_model_yaml_matches_the_python_preset(compose_preset) -> None:
+def test_model_presets_are_defined_once_in_python(compose_preset) -> None:
+    """No YAML repeats a model preset: `model: tiny` is wav2vec2.config.tiny() itself."""
+    assert not (Path(CONFIG_DIR) / "model").exists()
     assert dataclasses.asdict(compose_preset("tiny", REQUIRED).model) == dataclasses.asdict(tiny())
+    assert dataclasses.asdict(compose_preset("demo", REQUIRED).model) == dataclasses.asdict(demo())
+    assert compose_preset("tiny", [*REQUIRED, "model=large"]).model == large()
+
+
+# spec §8's table: update_freq x GPUs, max_update, lr, mask_prob, channel prob, layerdrop, freeze
+CTC_RECIPES = {
+    "ctc_base_10m": (8, 13_000, 5e-5, 0.65, 0.25, 0.1, 10_000),
+    "ctc_base_1h": (8, 13_000, 5e-5, 0.65, 0.25, 0.1, 10_000),
+    "ctc_base_10h": (8, 20_000, 5e-5, 0.65, 0.5, 0.05, 10_000),
+    "ctc_base_100h": (8, 80_000, 3e-5, 0.65, 0.5, 0.1, 0),
+    "ctc_base_960h": (8, 320_000, 1e-4, 0.5, 0.1, 0.1, 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CTC_RECIPES))
+def test_ctc_presets_are_fairseqs_recipes(name: str, compose_preset) -> None:
+    batches, max_update, lr, mask_prob, channel_prob, layerdrop, freeze = CTC_RECIPES[name]
+    cfg = validate(compose_preset(name, REQUIRED), world_size=2)
+    assert cfg.task.name == "ctc" and cfg.optim.update_freq * 2 == batches
+    m, o = cfg.model, cfg.optim
+    assert (o.max_update, o.lr, m.masking.mask_prob, m.masking.channel_prob) == (max_update, lr, mask_prob, channel_prob)
+    assert (m.transformer.layerdrop, cfg.task.freeze_finetune_updates) == (layerdrop, freeze)
+    # shared by all five
+    assert (m.masking.mask_len, m.masking.channel_len, m.transformer.activation_dropout) == (10, 64, 0.1)
+    assert (m.transformer.dropout, m.transformer.attention_dropout, m.dropout_input, cfg.task.final_dropout) == (0, 0, 0, 0)
+    assert m.feature_encoder.grad_mult == 0.0 and cfg.data.normalize is False
+    assert (o.schedule, o.phase_ratio, o.init_lr_scale, o.final_lr_scale) == ("tri_stage", [0.1, 0.4, 0.5], 0.01, 0.05)
+    assert (o.betas, o.eps, o.weight_decay) == ([0.9, 0.98], 1e-8, 0.0)
+    assert (cfg.data.max_tokens, cfg.data.max_sample_size, cfg.data.valid_subset) == (3_200_000, 0, "dev_other")
+    assert cfg.train.validate_after_updates == (10_000 if freeze else 0)
 
 
 def test_unknown_key_fails_naming_it(compose_preset) -> None:

@@ -10,10 +10,15 @@ import pytest
 
 from wav2vec2.train import trainer as trainer_mod
 from wav2vec2.train.optim import DynamicLossScaler
+from wav2vec2.tasks import build_task
 from wav2vec2.train.trainer import Trainer
 
 FAST = ["optim.max_update=4", "model.quantizer.temp_decay=0.9", "train.validate_every=0",
         "data.valid_subset=", "checkpoint.save_every=100"]
+
+
+def _trainer(cfg) -> Trainer:
+    return Trainer(cfg, build_task(cfg))
 
 
 def _train_records(run: Path) -> list[dict]:
@@ -40,7 +45,7 @@ def test_forced_overflow_skips_the_update_without_advancing_the_schedule(make_ti
     """Overflow on the 2nd and 3rd update attempts: those updates are skipped, and the lr,
     Gumbel temperature follow the same sequence as a run without overflows (the skipped
     attempts still consume their batches, so the weights differ)."""
-    clean = Trainer(make_tiny_cfg(*FAST, "precision.dtype=fp16", run_dir=tmp_path / "clean"))
+    clean = _trainer(make_tiny_cfg(*FAST, "precision.dtype=fp16", run_dir=tmp_path / "clean"))
     clean.fit()
 
     real_grad_norm = trainer_mod.grad_norm
@@ -52,7 +57,7 @@ def test_forced_overflow_skips_the_update_without_advancing_the_schedule(make_ti
         return math.inf if calls["n"] in (2, 3) else norm
 
     monkeypatch.setattr(trainer_mod, "grad_norm", overflowing)
-    run = Trainer(make_tiny_cfg(*FAST, "precision.dtype=fp16", run_dir=tmp_path / "overflow"))
+    run = _trainer(make_tiny_cfg(*FAST, "precision.dtype=fp16", run_dir=tmp_path / "overflow"))
     steps = []
     original_step = run.train_step
 
@@ -78,7 +83,7 @@ def test_forced_overflow_skips_the_update_without_advancing_the_schedule(make_ti
 def test_fp16_and_bf16_train_on_cpu(make_tiny_cfg, tmp_path) -> None:
     for dtype in ("bf16", "fp16"):
         run = tmp_path / dtype
-        Trainer(make_tiny_cfg(*FAST, f"precision.dtype={dtype}", run_dir=run)).fit()
+        _trainer(make_tiny_cfg(*FAST, f"precision.dtype={dtype}", run_dir=run)).fit()
         records = _train_records(run)
         assert len(records) == 4 and all(math.isfinite(r["loss"]) for r in records)
         assert ("loss_scale" in records[0]) == (dtype == "fp16")

@@ -154,10 +154,11 @@ class ContextNetwork(nn.Module):
     ) -> tuple[Tensor, list[Tensor]]:
         """Shape: x (B, T, D), padding_mask (B, T) True = pad -> ((B, T, D), hidden states).
 
-        With `return_hidden_states`, the list holds num_layers + 1 tensors (B, T, D), in
-        transformers' convention: [0] is the input of the first layer (after the positional
-        conv, the post-LN encoder LayerNorm and dropout), [i] the output of layer i; for
-        pre-LN the last one is after the final LayerNorm (it equals the returned output).
+        With `return_hidden_states`, the list holds num_layers + 1 tensors (B, T, D): [0] is
+        the input of the first layer (after the positional conv, the post-LN encoder
+        LayerNorm and dropout), [i] the output of layer i; for pre-LN the last one is after
+        the final LayerNorm, so it always equals the returned output. This is transformers
+        4.x's `hidden_states`; 5.x returns the last pre-LN one before that LayerNorm.
         Empty otherwise.
         """
         if padding_mask is not None:

@@ -34,9 +34,9 @@ class EncoderOutput:
     padding_mask: Tensor | None = None
     """(B, T) bool frame padding mask, True = pad (None when the input had none)."""
     hidden_states: list[Tensor] | None = None
-    """With `return_hidden_states`: num_layers + 1 tensors (B, T, D), transformers'
-    convention ([0] the input of the first layer, [i] the output of layer i; for pre-LN
-    the last is after the final LayerNorm)."""
+    """With `return_hidden_states`: num_layers + 1 tensors (B, T, D): [0] the input of the
+    first layer, [i] the output of layer i; the last is the output `x` (for pre-LN: after
+    the final LayerNorm, as transformers 4.x; 5.x gives it before)."""
     features: Tensor | None = None
     """With `return_features`: (B, T, C) feature-encoder output after its LayerNorm, as
     fairseq's `features` and transformers' `extract_features`."""

@@ -7,6 +7,9 @@ Every file is written to `<name>.tmp` in the same directory, fsynced, then renam
 target with `os.replace`, which is atomic on POSIX: a reader (or a resumed run after a
 SIGKILL) sees either the old complete file or the new complete one, never a torn file.
 `checkpoint_last` is written first in each save, so it is never older than a snapshot.
+
+File I/O only: what goes into a checkpoint is the trainer's business, the RNG states and
+seeding are in `state.py`.
 """
 
 from __future__ import annotations
@@ -14,12 +17,10 @@ from __future__ import annotations
 import io
 import logging
 import os
-import random
 import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -115,55 +116,3 @@ def load_latest(
         except Exception as err:  # noqa: BLE001 - any unreadable file means "try the next"
             log.warning("skipping unreadable checkpoint %s: %s", path, err)
     return None
-
-
-def check_same_architecture(saved: dict | None, current: dict, path: Path) -> None:
-    """Raise if `saved` (a checkpoint's model config) has other shapes than `current`; warn
-    on other differences (dropout, masking...), which continuing may change on purpose."""
-    if saved is None:
-        return
-    saved_flat, current_flat = _flatten(saved), _flatten(current)
-    diffs = [k for k in current_flat if saved_flat.get(k) != current_flat[k]]
-    # Regularisation and masking may change when continuing; shapes may not.
-    shape_keys = ("feature_encoder.conv_", "transformer.num_layers", "transformer.embed_dim",
-                  "transformer.ffn_dim", "transformer.conv_pos", "quantizer.num_", "quantizer.codebook_dim",
-                  "quantizer.depth", "final_dim")
-    bad = [k for k in diffs if k.startswith(shape_keys)]
-    if bad:
-        raise ValueError(f"{path} was trained with a different model architecture: model.{', model.'.join(bad)} differ")
-    if diffs:
-        log.warning("model settings differ from %s: %s", path, ", ".join(diffs))
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def rng_state() -> dict[str, Any]:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def seed_global_rngs(seed: int) -> None:
-    """Seed the torch, NumPy and Python global RNGs whose states rng_state() saves."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)

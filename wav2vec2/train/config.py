@@ -1,10 +1,11 @@
 """Training configuration: the schema every Hydra YAML under `configs/` overrides.
 
-Defaults are the BASE recipe (`wav2vec2_base_librispeech.yaml`, spec §6): the presets in
-`configs/` only list what differs. `validate()` checks values the type system cannot and
-derives `update_freq` from `distributed.simulated_world_size`; it raises `ValueError`
-naming the offending key. Only `register_configs()` touches Hydra, so the package stays
-usable with plain dataclasses.
+Defaults are the BASE pretraining recipe (`wav2vec2_base_librispeech.yaml`, spec §6): the
+presets in `configs/` only list what differs. The `task` section is the chosen task's own
+dataclass (`wav2vec2.tasks`: `pretrain`, `ctc`). `validate()` checks values the type
+system cannot and derives `update_freq` from `distributed.simulated_world_size`; it raises
+`ValueError` naming the offending key. Hydra is only touched by `wav2vec2.train.cli`, so
+the package stays usable with plain dataclasses.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ class DataConfig:
     sample_rate: int = 16000
     """Expected sample rate of every file; a mismatch is an error, as in fairseq."""
     max_sample_size: int = 250_000
-    """Crop every utterance to at most this many samples (15.6 s; LARGE 320k)."""
+    """Crop every utterance to at most this many samples (15.6 s; LARGE 320k); 0 = no cap.
+    CTC fine-tuning never crops (a crop would cut audio from its transcript): 0 there."""
     min_sample_size: int = 32_000
-    """Drop utterances shorter than this from the manifest (2 s)."""
+    """Leave out utterances shorter than this (2 s), as fairseq does; the log says how
+    many. 0 keeps every file (fine-tuning)."""
     normalize: bool = False
     """Zero-mean unit-variance per file (LARGE: true, with the layer_norm encoder)."""
     max_tokens: int = 1_400_000
@@ -48,9 +51,13 @@ class DataConfig:
     """DataLoader worker processes per rank (0 loads in the training process)."""
 
 
+SCHEDULES = ("polynomial_decay", "tri_stage")
+
+
 @dataclass
 class OptimConfig:
-    """Adam with decoupled weight decay and warmup + polynomial decay (spec §6)."""
+    """Adam with decoupled weight decay and a learning-rate schedule: warmup + polynomial
+    decay for pretraining (spec §6), fairseq's tri-stage for fine-tuning (spec §8)."""
 
     lr: float = 5e-4
     """Peak learning rate (BASE 5e-4)."""
@@ -60,14 +67,25 @@ class OptimConfig:
     """Adam epsilon."""
     weight_decay: float = 0.01
     """Decoupled (AdamW) weight decay, applied to all parameters as fairseq does."""
+    schedule: str = "polynomial_decay"
+    """"polynomial_decay" (warmup_updates, end_lr, power) or "tri_stage" (phase_ratio,
+    init_lr_scale, final_lr_scale), as fairseq's schedulers of those names."""
     warmup_updates: int = 32_000
-    """Linear warmup length; lr = peak * max(u, 1) / warmup_updates before it ends."""
+    """polynomial_decay: linear warmup length; lr = peak * max(u, 1) / warmup_updates before it ends."""
     max_update: int = 400_000
     """Total optimizer updates; the schedule reaches `end_lr` here and training stops."""
     end_lr: float = 0.0
     """Learning rate at `max_update`."""
     power: float = 1.0
     """Exponent of the polynomial decay (1 = linear)."""
+    phase_ratio: list[float] = field(default_factory=lambda: [0.1, 0.4, 0.5])
+    """tri_stage: fractions of `max_update` spent warming up (linearly from
+    init_lr_scale * lr to lr), holding at lr, and decaying exponentially to
+    final_lr_scale * lr; after the three phases lr stays at final_lr_scale * lr."""
+    init_lr_scale: float = 0.01
+    """tri_stage: the warmup starts at this fraction of the peak lr."""
+    final_lr_scale: float = 0.05
+    """tri_stage: the decay ends at this fraction of the peak lr."""
     clip_norm: float = 0.0
     """Clip the global gradient norm to this; 0 disables clipping (the recipes' value)."""
     update_freq: int = 1
@@ -137,10 +155,6 @@ class LoggingConfig:
     """Log averaged training metrics every this many updates (fairseq 200)."""
     tensorboard: bool = True
     """Write TensorBoard event files under `run_dir/tb`."""
-    collapse_factor: float = 1.5
-    """Warn of codebook collapse when code_perplexity < collapse_factor * G."""
-    chance_margin: float = 0.05
-    """Warn when contrastive loss is within this many bits of chance after warmup."""
 
 
 @dataclass
@@ -151,6 +165,10 @@ class LoopConfig:
     """Validate every this many updates (and always at the end); 0 = only at the end."""
     validate_every_epoch: bool = True
     """Also validate at the first update of every new epoch (fairseq validates per epoch)."""
+    validate_after_updates: int = 0
+    """No validation before this many updates (fairseq `validate_after_updates`; the
+    low-resource fine-tuning recipes wait for the end of the encoder freeze); the end of
+    training always validates."""
     max_valid_batches: int = 0
     """Cap on validation batches per rank (0 = the whole valid set)."""
     stop_at_update: int = 0
@@ -169,9 +187,12 @@ class LoopConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything one pretraining run needs. Written to `run_dir/config.yaml` and into
+    """Everything one training run needs. Written to `run_dir/config.yaml` and into
     every checkpoint."""
 
+    task: Any = MISSING
+    """The task's own config section (`PretrainTaskConfig`, `CtcTaskConfig`...), chosen
+    by a preset's `task:` default (`task: pretrain`, `task: ctc`)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -204,12 +225,15 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> TrainConfig:
                        ("optim.max_update", o.max_update), ("optim.update_freq", o.update_freq)):
         if not value > 0:
             raise ValueError(f"{key} must be > 0, got {value}")
-    if o.warmup_updates < 0 or o.warmup_updates > o.max_update:
+    if o.schedule == "polynomial_decay" and not 0 <= o.warmup_updates <= o.max_update:
         raise ValueError(f"optim.warmup_updates must be in [0, optim.max_update], got {o.warmup_updates}")
     if o.clip_norm < 0 or not math.isfinite(o.clip_norm):
         raise ValueError(f"optim.clip_norm must be >= 0 (0 = off), got {o.clip_norm}")
     if cfg.checkpoint.save_every <= 0:
         raise ValueError(f"checkpoint.save_every must be > 0, got {cfg.checkpoint.save_every}")
+    if cfg.train.validate_after_updates < 0:
+        raise ValueError(f"train.validate_after_updates must be >= 0, got {cfg.train.validate_after_updates}")
+    validate_schedule(o)
     if cfg.logging.log_every <= 0:
         raise ValueError(f"logging.log_every must be > 0, got {cfg.logging.log_every}")
     if d.simulated_world_size > 0:
@@ -228,21 +252,28 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> TrainConfig:
     return cfg
 
 
-def to_train_config(cfg: Any) -> TrainConfig:
-    """A composed Hydra config (DictConfig) as a plain `TrainConfig`.
+def validate_schedule(cfg: OptimConfig) -> None:
+    """Raise ValueError naming the offending key if the schedule settings are unusable.
 
-    Merging into a fresh copy of the schema rejects keys the schema lacks, naming them,
-    even ones Hydra let in with a `+key=value` override.
+    The name is always checked; the tri_stage keys only when `schedule` is "tri_stage",
+    since polynomial_decay ignores them.
     """
-    from omegaconf import OmegaConf
-
-    schema = OmegaConf.structured(TrainConfig)
-    return OmegaConf.to_object(OmegaConf.merge(schema, OmegaConf.to_container(cfg, resolve=True)))
-
-
-def register_configs() -> None:
-    """Store `TrainConfig` as `pretrain_schema` in Hydra's ConfigStore, so YAMLs that start
-    `defaults: [pretrain_schema, ...]` are type-checked and unknown keys fail."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="pretrain_schema", node=TrainConfig)
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+    if cfg.schedule != "tri_stage":
+        return
+    ratios = list(cfg.phase_ratio)
+    if (
+        len(ratios) != 3
+        or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ratios)
+        or not all(r >= 0.0 for r in ratios)  # also rejects nan
+        or not abs(sum(ratios) - 1.0) <= 1e-6
+    ):
+        raise ValueError(
+            "optim.phase_ratio must be 3 non-negative numbers (warmup, hold, decay) "
+            f"summing to 1, got {ratios}"
+        )
+    for key, value in (("optim.init_lr_scale", cfg.init_lr_scale),
+                       ("optim.final_lr_scale", cfg.final_lr_scale)):
+        if not 0.0 < value <= 1.0:  # also rejects nan
+            raise ValueError(f"{key} must be in (0, 1], got {value}")

@@ -1,7 +1,7 @@
-"""Metrics: `metrics.jsonl`, TensorBoard events, a console progress line, codebook health.
+"""Metrics: `metrics.jsonl`, TensorBoard events and a console progress line.
 
 Only rank 0 builds a `MetricLogger`; the trainer has already all-reduced what it logs.
-Loss parts are in bits per masked frame, as fairseq logs them (spec §7).
+Which metrics exist and what they mean is the task's business (`wav2vec2.tasks`).
 """
 
 from __future__ import annotations
@@ -13,23 +13,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wav2vec2.model.losses import LN2
-
 log = logging.getLogger("wav2vec2.train")
-
-# Per-update sums the trainer all-reduces in one call, in this order.
-SUM_KEYS = ("loss", "contrastive", "diversity", "feature_pen", "correct", "masked_frames",
-            "prob_perplexity", "code_perplexity", "forwards", "utterances", "audio_samples", "frames")
-
-# Keys averaged over the updates of a logging interval, weighted by masked frames. The
-# others (perplexities, temperature, lr, ...) are plain means, as fairseq averages them.
-FRAME_WEIGHTED = ("loss", "contrastive", "diversity", "feature_pen", "accuracy")
 
 
 class Averager:
-    """Accumulates per-update metric dicts between two log lines."""
+    """Accumulates per-update metric dicts between two log lines.
 
-    def __init__(self) -> None:
+    `weights` maps a metric to the per-update count it is weighted by over the interval
+    (pretraining's losses by masked frames, as fairseq); the others are plain means.
+    """
+
+    def __init__(self, weights: dict[str, str] | None = None) -> None:
+        self.weights = weights or {}
         self.reset()
 
     def reset(self) -> None:
@@ -37,9 +32,8 @@ class Averager:
         self._counts: dict[str, float] = {}
 
     def add(self, metrics: dict[str, float]) -> None:
-        weight = metrics.get("masked_frames", 1.0)
         for key, value in metrics.items():
-            w = weight if key in FRAME_WEIGHTED else 1.0
+            w = metrics[self.weights[key]] if key in self.weights else 1.0
             self._sums[key] = self._sums.get(key, 0.0) + w * value
             self._counts[key] = self._counts.get(key, 0.0) + w
 
@@ -51,13 +45,21 @@ class MetricLogger:
     """Writes one JSON object per line to `run_dir/metrics.jsonl`, mirrors it to TensorBoard
     (`run_dir/tb`) and prints a console line with rate and ETA."""
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool, max_update: int, start_update: int = 0) -> None:
+    def __init__(
+        self, run_dir: Path, *, tensorboard: bool, max_update: int, start_update: int = 0,
+        console: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         """`start_update`: the update the run resumes from. Records logged after it by a run
-        that was killed are dropped, so the files read as if the run had never stopped."""
+        that was killed are dropped, so the files read as if the run had never stopped.
+        `console`: (metric, format) pairs shown on the console line, in order."""
         self.run_dir = Path(run_dir)
         self.max_update = max_update
+        self.console = console
         path = self.run_dir / "metrics.jsonl"
         _truncate_jsonl(path, start_update)
+        self.history: list[dict[str, Any]] = read_history(path)
+        """Every record logged so far, this run's and the resumed one's: "split",
+        "num_updates" and the metrics under their own names (no `valid_` prefix)."""
         self._jsonl = open(path, "a", buffering=1)
         self._tb = None
         if tensorboard:
@@ -74,6 +76,7 @@ class MetricLogger:
         record: dict[str, Any] = {"split": split, "num_updates": num_updates, "time": time.time()}
         record.update({prefix + k: _clean(v) for k, v in metrics.items()})
         self._jsonl.write(json.dumps(record) + "\n")
+        self.history.append({"split": split, "num_updates": num_updates, **metrics})
         if self._tb is not None:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
@@ -83,11 +86,7 @@ class MetricLogger:
 
     def _console_line(self, split: str, u: int, m: dict[str, float]) -> str:
         parts = [f"{split:5s} {u:>7d}/{self.max_update}"]
-        for key, fmt in (
-            ("loss", ".3f"), ("contrastive", ".3f"), ("accuracy", ".3f"),
-            ("code_perplexity", ".1f"), ("prob_perplexity", ".1f"), ("temperature", ".3f"),
-            ("lr", ".2e"), ("grad_norm", ".3f"), ("loss_scale", ".0f"),
-        ):
+        for key, fmt in (*self.console, ("lr", ".2e"), ("grad_norm", ".3f"), ("loss_scale", ".0f")):
             if key in m:
                 parts.append(f"{key} {m[key]:{fmt}}")
         if split == "train":
@@ -105,43 +104,18 @@ class MetricLogger:
             self._tb.close()
 
 
-def codebook_health(
-    metrics: dict[str, float],
-    *,
-    num_codebooks: int,
-    num_negatives: int,
-    after_warmup: bool,
-    collapse_factor: float,
-    chance_margin: float,
-) -> list[str]:
-    """Warnings for the failure modes users report most (spec §10 rows 1-2).
-
-    - code perplexity near G: every frame of a codebook picks the same entry (collapse);
-    - contrastive loss at log2(K+1) bits after warmup: the model is not learning;
-    - accuracy at 1: usually collapse, where negatives equal the positive and get -inf.
-    """
-    warnings = []
-    code_ppl = metrics.get("code_perplexity")
-    if code_ppl is not None and code_ppl < collapse_factor * num_codebooks:
-        warnings.append(
-            f"codebook collapse: code_perplexity {code_ppl:.2f} is near G={num_codebooks} "
-            "(every frame uses one entry per codebook); lower the lr, raise the diversity "
-            "weight or the batch size"
-        )
-    chance = math.log2(num_negatives + 1)
-    contrastive = metrics.get("contrastive")
-    if after_warmup and contrastive is not None and abs(contrastive - chance) < chance_margin:
-        warnings.append(
-            f"loss at chance: contrastive {contrastive:.3f} bits ~ log2(K+1) = {chance:.3f} "
-            "after warmup; the model is not learning (lr too high for the batch size?)"
-        )
-    acc = metrics.get("accuracy")
-    if acc is not None and acc > 0.99:
-        warnings.append(
-            f"accuracy {acc:.3f} ~ 1: suspicious; check code_perplexity for a collapse "
-            "(negatives identical to the positive are masked to -inf)"
-        )
-    return warnings
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The records of a `metrics.jsonl`, with validation keys under their own names."""
+    if not Path(path).exists():
+        return []
+    history = []
+    for line in Path(path).read_text().splitlines():
+        if not line:
+            continue
+        r = json.loads(line)
+        prefix = "" if r["split"] == "train" else f"{r['split']}_"
+        history.append({k[len(prefix):] if prefix and k.startswith(prefix) else k: v for k, v in r.items()})
+    return history
 
 
 def _truncate_jsonl(path: Path, last_update: int) -> None:
@@ -173,27 +147,6 @@ def _hms(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-def metrics_from_sums(sums: Any, *, sample_rate: int) -> dict[str, float]:
-    """Per-update metrics from the all-reduced sums (a tensor ordered as SUM_KEYS): losses
-    in bits per masked frame, as fairseq logs them (spec §7)."""
-    s = dict(zip(SUM_KEYS, sums.tolist()))
-    n = s["masked_frames"]
-    return {
-        "loss": s["loss"] / n / LN2,
-        "contrastive": s["contrastive"] / n / LN2,
-        "diversity": s["diversity"] / n / LN2,
-        "feature_pen": s["feature_pen"] / n / LN2,
-        "accuracy": s["correct"] / n,
-        # Plain means over forwards (per GPU and micro-batch), as fairseq averages them.
-        "prob_perplexity": s["prob_perplexity"] / s["forwards"],
-        "code_perplexity": s["code_perplexity"] / s["forwards"],
-        "masked_frac": n / s["frames"],
-        "masked_frames": n,
-        "utterances": s["utterances"],
-        "audio_sec": s["audio_samples"] / sample_rate,
-    }
 
 
 def setup_logging(is_main: bool) -> None:

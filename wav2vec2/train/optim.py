@@ -1,6 +1,6 @@
-"""Optimizer, learning-rate schedule and fp16 loss scaling (spec §6).
+"""Optimizer, learning-rate schedules and fp16 loss scaling (spec §6, §8).
 
-The schedule is a pure function of the update count, so there is no scheduler object to
+Each schedule is a pure function of the update count, so there is no scheduler object to
 checkpoint and a skipped fp16 update cannot advance it by accident.
 """
 
@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from wav2vec2.train.config import OptimConfig, PrecisionConfig
+from wav2vec2.train.config import SCHEDULES, OptimConfig, PrecisionConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -29,9 +29,21 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 
 def lr_at(num_updates: int, cfg: OptimConfig) -> float:
-    """Learning rate for the update that follows `num_updates` completed ones.
+    """Learning rate for the update that follows `num_updates` completed ones, under the
+    schedule `cfg.schedule` names.
 
-    fairseq's `polynomial_decay`: linear warmup to the peak, then (1 - progress)**power
+    fairseq sets the lr with `step_update(0)` before the first update and with
+    `step_update(u)` after update u, so this is that schedule evaluated at `num_updates`.
+    """
+    if cfg.schedule == "polynomial_decay":
+        return polynomial_decay_lr(num_updates, cfg)
+    if cfg.schedule == "tri_stage":
+        return tri_stage_lr(num_updates, cfg)
+    raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
+
+
+def polynomial_decay_lr(num_updates: int, cfg: OptimConfig) -> float:
+    """fairseq's `polynomial_decay`: linear warmup to the peak, then (1 - progress)**power
     decay to `end_lr` at `max_update`. fairseq sets lr = peak * u / warmup *after* update u,
     and peak / warmup before the first, hence max(u, 1).
     """
@@ -42,6 +54,45 @@ def lr_at(num_updates: int, cfg: OptimConfig) -> float:
         return cfg.end_lr
     progress = (u - warmup) / (cfg.max_update - warmup)
     return (cfg.lr - cfg.end_lr) * (1.0 - progress) ** cfg.power + cfg.end_lr
+
+
+def tri_stage_lr(num_updates: int, cfg: OptimConfig) -> float:
+    """fairseq's `tri_stage`: three phases whose lengths are `phase_ratio` of `max_update`
+    (each rounded down), then a constant tail.
+
+    warmup: linear from init_lr_scale * lr towards lr (the last warmup step stays one
+    increment short of the peak); hold: lr; decay: lr * exp(-k * offset) with
+    k = -ln(final_lr_scale) / decay_steps, so the decay phase includes both its ends, from lr
+    at offset 0 to final_lr_scale * lr at offset decay_steps; afterwards final_lr_scale * lr.
+
+    The arithmetic follows fairseq's expression for expression. Where fairseq divides by
+    zero (no decay steps) the decay phase is the single update count at offset 0, with lr
+    there, and the tail follows.
+    """
+    peak = cfg.lr
+    init = cfg.init_lr_scale * peak
+    warmup_steps, hold_steps, decay_steps = _tri_stage_steps(cfg)
+    u = num_updates
+    if u < warmup_steps:
+        warmup_rate = (peak - init) / warmup_steps
+        return init + warmup_rate * u
+    u -= warmup_steps
+    if u < hold_steps:
+        return peak
+    u -= hold_steps
+    if u <= decay_steps:
+        decay_factor = -math.log(cfg.final_lr_scale) / decay_steps if decay_steps else 0.0
+        return peak * math.exp(-decay_factor * u)
+    return cfg.final_lr_scale * peak
+
+
+def _tri_stage_steps(cfg: OptimConfig) -> tuple[int, int, int]:
+    """(warmup, hold, decay) update counts: `int(max_update * ratio)` each, as fairseq."""
+    return (
+        int(cfg.max_update * cfg.phase_ratio[0]),
+        int(cfg.max_update * cfg.phase_ratio[1]),
+        int(cfg.max_update * cfg.phase_ratio[2]),
+    )
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

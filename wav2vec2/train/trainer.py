@@ -1,10 +1,16 @@
-"""The pretraining loop: one process or many (DDP), fp32 / bf16 / fp16, exact resume.
+"""The training loop: any task, one process or many (DDP), fp32 / bf16 / fp16, exact resume.
 
-Gradient semantics are fairseq's (spec §4): every rank back-propagates the *sum* of L over
-its micro-batches' masked frames; after accumulation the gradients (averaged over ranks by
-DDP) are multiplied by world_size / n_global, with n_global the all-reduced masked-frame
-count. The update is therefore grad(sum of L) / n_global however the global batch is split
-over ranks and micro-batches, and n need not be known before the first backward.
+What is trained is the task's business (`wav2vec2.tasks`): its model, data, loss and
+metrics. The loop owns everything else: devices, DDP, gradient accumulation with `no_sync`,
+precision and loss scaling, clipping, the lr schedule, checkpoints, exact resume, logging
+and the validation cadence.
+
+Gradient semantics are fairseq's (spec §4): every rank back-propagates the *sum* of the
+loss over its micro-batches; after accumulation the gradients (averaged over ranks by DDP)
+are multiplied by world_size / n_global, with n_global the all-reduced sample size (masked
+frames in pretraining, utterances in CTC fine-tuning). The update is therefore
+grad(sum of L) / n_global however the global batch is split over ranks and micro-batches,
+and n need not be known before the first backward.
 """
 
 from __future__ import annotations
@@ -22,40 +28,26 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from wav2vec2.data import RawAudioDataset, TokenBudgetBatchSampler, build_dataloader
-from wav2vec2.model.losses import pretraining_loss
-from wav2vec2.model.quantizer import gumbel_temperature
-from wav2vec2.model.wav2vec2 import Wav2Vec2Model
+from wav2vec2.config import architecture_differences
+from wav2vec2.data import STREAM_TRAIN, STREAM_VALID, BatchStream, TokenBudgetBatchSampler, batch_seed, build_dataloader
+from wav2vec2.tasks.base import Task
 from wav2vec2.train import checkpoint as ckpt
 from wav2vec2.train import distributed as dist_utils
+from wav2vec2.train import state as rng
 from wav2vec2.train.config import TrainConfig, validate
-from wav2vec2.train.metrics import (
-    SUM_KEYS,
-    Averager,
-    MetricLogger,
-    codebook_health,
-    metrics_from_sums,
-    setup_logging,
-)
-from wav2vec2.train.optim import (
-    build_loss_scaler,
-    build_optimizer,
-    grad_norm,
-    lr_at,
-    scale_grads_,
-    set_lr,
-)
-from wav2vec2.train.stream import BatchStream, batch_seed
+from wav2vec2.train.metrics import Averager, MetricLogger, setup_logging
+from wav2vec2.train.optim import build_loss_scaler, build_optimizer, grad_norm, lr_at, scale_grads_, set_lr
 
 log = logging.getLogger("wav2vec2.train")
 
-_MASK_STREAM, _VALID_STREAM = 1, 2
+CHECKPOINT_VERSION = 2  # 2: + "task" state and "best_valid_metric"; version 1 files still load
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, task: Task) -> None:
         self.dist = dist_utils.init_distributed(backend=cfg.distributed.backend, device=cfg.train.device)
         self.cfg = validate(cfg, world_size=self.dist.world_size)
+        self.task = task
         self.device = self.dist.device
         self.run_dir = Path(cfg.run_dir)
         setup_logging(self.dist.is_main)
@@ -68,13 +60,13 @@ class Trainer:
 
         # Same init on every rank; then dropout streams differ per rank.
         torch.manual_seed(cfg.seed)
-        self.model = Wav2Vec2Model(cfg.model).to(self.device)
-        ckpt.seed_global_rngs(cfg.seed + self.dist.rank)
+        self.model = task.build_model().to(self.device)
+        rng.seed_global_rngs(cfg.seed + self.dist.rank)
         self.ddp_model: torch.nn.Module = self.model
         if self.dist.is_distributed:
             unused = cfg.distributed.find_unused_parameters
             if unused is None:
-                unused = cfg.model.transformer.layerdrop > 0  # skipped layers get no grad
+                unused = task.has_unused_parameters()
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DDP(self.model, device_ids=ids, find_unused_parameters=unused)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -88,7 +80,7 @@ class Trainer:
         self.stream = self._build_train_stream()
         self.valid_loader = self._build_valid_loader()
         self.num_updates = 0
-        self.best_valid_loss = math.inf
+        self.best_valid = -math.inf if task.higher_is_better else math.inf
         self._stop_requested = False
 
         if self.dist.is_main:
@@ -98,42 +90,34 @@ class Trainer:
         self._restore()
         self.metrics = (
             MetricLogger(self.run_dir, tensorboard=cfg.logging.tensorboard, max_update=cfg.optim.max_update,
-                         start_update=self.num_updates)
+                         start_update=self.num_updates, console=task.console)
             if self.dist.is_main else None
         )
-        log.info("model: %s parameters; world size %d, update_freq %d, precision %s, device %s",
-                 f"{sum(p.numel() for p in self.model.parameters()):,}", self.dist.world_size,
-                 cfg.optim.update_freq, cfg.precision.dtype, self.device)
+        log.info("task %s; model: %s parameters (%s trained); world size %d, update_freq %d, precision %s, "
+                 "device %s", task.name, f"{sum(p.numel() for p in self.model.parameters()):,}",
+                 f"{sum(p.numel() for p in self.params):,}", self.dist.world_size, cfg.optim.update_freq,
+                 cfg.precision.dtype, self.device)
 
     # ---------------------------------------------------------------- building blocks
-    def _build_train_stream(self) -> BatchStream:
+    def _sampler(self, sizes: Any, *, train: bool) -> TokenBudgetBatchSampler:
         d = self.cfg.data
-        dataset = RawAudioDataset(
-            Path(d.manifest_dir) / f"{d.train_subset}.tsv", sample_rate=d.sample_rate,
-            min_sample_size=d.min_sample_size, max_sample_size=d.max_sample_size, normalize=d.normalize,
-        )
-        sampler = TokenBudgetBatchSampler(
-            dataset.sizes, max_tokens=d.max_tokens, max_sentences=d.max_sentences,
+        # Validation: uneven ranks are fine, evaluation runs the unwrapped model, no collectives.
+        return TokenBudgetBatchSampler(
+            sizes, max_tokens=d.max_tokens, max_sentences=d.max_sentences,
             required_batch_size_multiple=d.required_batch_size_multiple, seed=self.cfg.seed,
-            num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, drop_last=True,
+            num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=train, drop_last=train,
         )
-        return BatchStream(dataset, sampler, seed=self.cfg.seed, num_workers=d.num_workers,
-                           pin_memory=self.device.type == "cuda")
+
+    def _build_train_stream(self) -> BatchStream:
+        dataset = self.task.build_dataset(self.cfg.data.train_subset)
+        return BatchStream(dataset, self._sampler(dataset.sizes, train=True), seed=self.cfg.seed,
+                           num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
 
     def _build_valid_loader(self) -> torch.utils.data.DataLoader | None:
-        d = self.cfg.data
-        if not d.valid_subset:
+        if not self.cfg.data.valid_subset:
             return None
-        dataset = RawAudioDataset(
-            Path(d.manifest_dir) / f"{d.valid_subset}.tsv", sample_rate=d.sample_rate,
-            min_sample_size=d.min_sample_size, max_sample_size=d.max_sample_size, normalize=d.normalize,
-        )
-        # Uneven ranks are fine here: evaluation runs the unwrapped model, no collectives.
-        self.valid_sampler = TokenBudgetBatchSampler(
-            dataset.sizes, max_tokens=d.max_tokens, max_sentences=d.max_sentences,
-            required_batch_size_multiple=d.required_batch_size_multiple, seed=self.cfg.seed,
-            num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=False, drop_last=False,
-        )
+        dataset = self.task.build_dataset(self.cfg.data.valid_subset)
+        self.valid_sampler = self._sampler(dataset.sizes, train=False)
         return build_dataloader(dataset, self.valid_sampler, seed=self.cfg.seed, num_workers=0)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -141,46 +125,42 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _forward(self, model: torch.nn.Module, batch: dict[str, Any], temperature: float):
-        source = batch["source"].to(self.device, non_blocking=True)
-        padding_mask = batch.get("padding_mask")
-        if padding_mask is not None:
-            padding_mask = padding_mask.to(self.device, non_blocking=True)
-        with self._autocast():
-            out = model(source, padding_mask=padding_mask, temperature=temperature, generator=self.generator)
-        loss = pretraining_loss(out, self.cfg.model.loss)
-        frames = out.time_mask.numel() if out.padding_mask is None else int((~out.padding_mask).sum())
-        parts = [loss.total.detach().float(), loss.contrastive.detach(), loss.diversity.detach(),
-                 loss.feature_pen.detach(), loss.correct.float(), loss.sample_size,
-                 out.prob_perplexity.detach().float(), out.code_perplexity.detach().float(), 1.0,
-                 source.shape[0], source.numel() if padding_mask is None else int((~padding_mask).sum()),
-                 frames]
-        sums = torch.stack([torch.as_tensor(p, dtype=torch.float64, device=self.device) for p in parts])
-        return loss, sums
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()}
+
+    @staticmethod
+    def _batch_counts(batch: dict[str, Any]) -> dict[str, Any]:
+        """Utterances and unpadded audio samples of a (host) batch, for throughput."""
+        padding = batch.get("padding_mask")
+        samples = batch["source"].numel() if padding is None else int((~padding).sum())
+        return {"utterances": batch["source"].shape[0], "audio_samples": samples}
 
     # ---------------------------------------------------------------- one update
     def train_step(self, micro_batches: list[tuple[int, int, dict[str, Any]]]) -> dict[str, float] | None:
         """Forward/backward over this rank's micro-batches, then one optimizer update.
 
         Returns the update's metrics, or None when fp16 overflowed: the update is skipped
-        and the update count (hence lr and Gumbel temperature) does not advance.
+        and the update count (hence lr and any schedule of the task) does not advance.
         """
         self.ddp_model.train()
-        temperature = gumbel_temperature(self.num_updates, self.cfg.model.quantizer)
         loss_scale = self.scaler.scale if self.scaler is not None else 1.0
         self.optimizer.zero_grad(set_to_none=True)
-        sums = torch.zeros(len(SUM_KEYS), dtype=torch.float64, device=self.device)
+        sums = _Sums(self.device)
         for i, (epoch, position, batch) in enumerate(micro_batches):
-            self.generator.manual_seed(batch_seed(self.cfg.seed, epoch, position, stream=_MASK_STREAM))
+            self.generator.manual_seed(batch_seed(self.cfg.seed, epoch, position, stream=STREAM_TRAIN))
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last or self.ddp_model is self.model else self.ddp_model.no_sync()
+            counts = self._batch_counts(batch)
             with sync:
-                loss, part = self._forward(self.ddp_model, batch, temperature)
-                (loss.total * loss_scale).backward()
-            sums += part
-        sums = dist_utils.all_reduce_sum(sums)
-        n = float(sums[SUM_KEYS.index("masked_frames")])
-        # DDP averaged over ranks: x world / n turns the summed-L gradient into a per-frame mean.
+                with self._autocast():
+                    out = self.task.loss(self.ddp_model, self._to_device(batch), num_updates=self.num_updates,
+                                         generator=self.generator)
+                (out.loss * loss_scale).backward()
+            sums.add(out.sums, sample_size=out.sample_size, **counts)
+        totals = sums.all_reduce()
+        n = totals["sample_size"]
+        # DDP averaged over ranks: x world / n turns the summed-loss gradient into a per-sample mean.
         scale_grads_(self.params, self.dist.world_size / (n * loss_scale))
         gnorm = grad_norm(self.params, self.cfg.optim.clip_norm)
         overflow = not math.isfinite(gnorm)
@@ -195,10 +175,11 @@ class Trainer:
             raise FloatingPointError(f"non-finite gradient norm at update {self.num_updates + 1}")
         lr = lr_at(self.num_updates, self.cfg.optim)
         set_lr(self.optimizer, lr)
+        metrics = self.task.metrics(totals, num_updates=self.num_updates)
         self.optimizer.step()
         self.num_updates += 1
-        metrics = metrics_from_sums(sums, sample_rate=self.cfg.data.sample_rate)
-        metrics.update(temperature=temperature, lr=lr, grad_norm=gnorm)
+        metrics.update(utterances=totals["utterances"], lr=lr, grad_norm=gnorm,
+                       audio_sec=totals["audio_samples"] / self.cfg.data.sample_rate)
         if self.scaler is not None:
             metrics["loss_scale"] = loss_scale
         return metrics
@@ -206,29 +187,31 @@ class Trainer:
     # ---------------------------------------------------------------- validation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
-        """Validation loss in eval mode (hard codes, no dropout) with masking still on.
+        """Validation metrics in eval mode, over the whole valid set of every rank.
 
-        Masks come from a generator reseeded per batch, so every validation of a run sees the
-        same masks and the curves compare like with like.
+        The model's generator is reseeded per batch, so every validation of a run sees the
+        same random draws (pretraining's masks) and the curves compare like with like.
         """
         if self.valid_loader is None:
             return None
         self.model.eval()
-        temperature = gumbel_temperature(self.num_updates, self.cfg.model.quantizer)
-        sums = torch.zeros(len(SUM_KEYS), dtype=torch.float64, device=self.device)
+        sums = _Sums(self.device)
         self.valid_sampler.set_epoch(1)
         for i, batch in enumerate(self.valid_loader):
             if self.cfg.train.max_valid_batches and i >= self.cfg.train.max_valid_batches:
                 break
             position = self.dist.rank + i * self.dist.world_size
-            self.generator.manual_seed(batch_seed(self.cfg.seed, 0, position, stream=_VALID_STREAM))
-            sums += self._forward(self.model, batch, temperature)[1]
-        sums = dist_utils.all_reduce_sum(sums)
-        if sums[SUM_KEYS.index("masked_frames")] == 0:
+            self.generator.manual_seed(batch_seed(self.cfg.seed, 0, position, stream=STREAM_VALID))
+            counts = self._batch_counts(batch)
+            with self._autocast():
+                out = self.task.valid_step(self.model, self._to_device(batch), num_updates=self.num_updates,
+                                           generator=self.generator)
+            sums.add(out.sums, sample_size=out.sample_size, **counts)
+        totals = sums.all_reduce(uneven=True)
+        if totals.get("sample_size", 0) == 0:
             return None
-        metrics = metrics_from_sums(sums, sample_rate=self.cfg.data.sample_rate)
-        metrics.pop("audio_sec")
-        metrics["temperature"] = temperature
+        metrics = self.task.valid_metrics(totals, num_updates=self.num_updates)
+        metrics["utterances"] = totals["utterances"]
         return metrics
 
     # ---------------------------------------------------------------- the loop
@@ -242,7 +225,7 @@ class Trainer:
             return None
         previous_handlers = self._install_signal_handlers()
         t_start = time.monotonic()
-        averager = Averager()
+        averager = Averager(weights=self.task.interval_weights)
         valid: dict[str, float] | None = None
         validated_at = -1
         micro_epoch = self.stream.epoch
@@ -263,9 +246,9 @@ class Trainer:
                 averager.reset()
             new_epoch = micro[-1][0] > micro_epoch
             micro_epoch = micro[-1][0]
-            if (cfg.train.validate_every and u % cfg.train.validate_every == 0) or (
-                cfg.train.validate_every_epoch and new_epoch
-            ):
+            due = (cfg.train.validate_every and u % cfg.train.validate_every == 0) or (
+                cfg.train.validate_every_epoch and new_epoch)
+            if due and u >= cfg.train.validate_after_updates:
                 valid, validated_at = self._validate(), u
                 new_best = self._is_best(valid)
             else:
@@ -293,27 +276,26 @@ class Trainer:
     def _validate(self) -> dict[str, float] | None:
         valid = self.evaluate()
         if valid is not None:
-            best = min(self.best_valid_loss, valid["loss"])
-            valid["best_loss"] = best
+            key = self.task.best_metric
+            pick = max if self.task.higher_is_better else min
+            valid[f"best_{key}"] = pick(self.best_valid, valid[key])
             self._log("valid", valid)
         return valid
 
     def _is_best(self, valid: dict[str, float] | None) -> bool:
-        if valid is None or not valid["loss"] < self.best_valid_loss:
+        if valid is None:
             return False
-        self.best_valid_loss = valid["loss"]
-        return True
+        value = valid[self.task.best_metric]
+        better = value > self.best_valid if self.task.higher_is_better else value < self.best_valid
+        if better:
+            self.best_valid = value
+        return better
 
     def _log(self, split: str, metrics: dict[str, float]) -> None:
         if self.metrics is None:
             return
         self.metrics.log(split, self.num_updates, metrics)
-        for warning in codebook_health(
-            metrics, num_codebooks=self.cfg.model.quantizer.num_codebooks,
-            num_negatives=self.cfg.model.num_negatives,
-            after_warmup=self.num_updates > self.cfg.optim.warmup_updates,
-            collapse_factor=self.cfg.logging.collapse_factor, chance_margin=self.cfg.logging.chance_margin,
-        ):
+        for warning in self.task.health(self.metrics.history):
             log.warning("[%s %d] %s", split, self.num_updates, warning)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
@@ -338,16 +320,18 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: collective (all ranks must call it)."""
-        rng = dist_utils.all_gather_object(ckpt.rng_state())
+        rng_states = dist_utils.all_gather_object(rng.rng_state())
         return {
-            "version": 1,
+            "version": CHECKPOINT_VERSION,
+            "task": self.task.name,
+            "task_state": self.task.state_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "loss_scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "num_updates": self.num_updates,
-            "best_valid_loss": self.best_valid_loss,
+            "best_valid_metric": {"name": self.task.best_metric, "value": self.best_valid},
             "data": self.stream.state_dict(),
-            "rng": rng,
+            "rng": rng_states,
             "world_size": self.dist.world_size,
             "config": dataclasses.asdict(self.cfg),
         }
@@ -373,8 +357,12 @@ class Trainer:
                           dataloader=c.reset_dataloader, rng=True)
         else:
             return
-        ckpt.check_same_architecture(state.get("config", {}).get("model"), dataclasses.asdict(self.cfg.model), path)
+        saved_task = state.get("task", "pretrain")  # version 1 checkpoints are pretraining ones
+        if saved_task != self.task.name:
+            raise ValueError(f"{path} is a checkpoint of the {saved_task!r} task, this run is {self.task.name!r}")
+        self._check_architecture(state, path)
         self.model.load_state_dict(state["model"])
+        self.task.load_state_dict(state.get("task_state", {}))
         if not resets["optimizer"]:
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scaler is not None and state.get("loss_scaler"):
@@ -388,18 +376,74 @@ class Trainer:
                 log.warning("cannot restore the data position (%s); starting the next epoch", err)
                 self.stream.epoch, self.stream.consumed = state["data"]["epoch"] + 1, 0
         if not resets["rng"]:
-            self.best_valid_loss = float(state.get("best_valid_loss", math.inf))
+            best = state.get("best_valid_metric", {"name": "loss", "value": state.get("best_valid_loss")})
+            if best["name"] == self.task.best_metric and best["value"] is not None:
+                self.best_valid = float(best["value"])
             if state.get("world_size") == self.dist.world_size:
-                ckpt.set_rng_state(state["rng"][self.dist.rank])
+                rng.set_rng_state(state["rng"][self.dist.rank])
             else:
                 log.warning("checkpoint from %s ranks, now %s: RNG streams restart", state.get("world_size"),
                             self.dist.world_size)
         log.info("restored %s at update %d (resets: %s)", path, self.num_updates,
                  [k for k, v in resets.items() if v] or "none")
 
+    def _check_architecture(self, state: dict[str, Any], path: Path) -> None:
+        """A different architecture cannot load: raise naming the keys. Other model
+        settings (dropout, masking...) may change when continuing: warn."""
+        saved = state.get("config", {}).get("model")
+        if saved is None:
+            return
+        bad = architecture_differences(saved, self.cfg.model)
+        if bad:
+            raise ValueError(f"{path} was trained with a different model architecture: "
+                             f"model.{', model.'.join(bad)} differ")
+        current = dataclasses.asdict(self.cfg.model)
+        others = [k for k, v in _flatten(current).items() if _flatten(saved).get(k, v) != v]
+        if others:
+            log.warning("model settings differ from %s: %s", path, ", ".join(others))
+
+
+class _Sums:
+    """Named metric sums of one update (or one validation), added over micro-batches in
+    float64 on the device and all-reduced over ranks in a single call."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.keys: list[str] | None = None
+        self.total: torch.Tensor | None = None
+
+    def add(self, sums: dict[str, Any], **extra: Any) -> None:
+        named = {**sums, **extra}
+        keys = sorted(named)
+        if self.keys is None:
+            self.keys = keys
+        elif keys != self.keys:
+            raise ValueError(f"a task's sums must have the same keys every time: {keys} vs {self.keys}")
+        part = torch.stack([torch.as_tensor(named[k], dtype=torch.float64, device=self.device) for k in keys])
+        self.total = part if self.total is None else self.total + part
+
+    def all_reduce(self, *, uneven: bool = False) -> dict[str, float]:
+        """The sums over every rank as Python floats (the update's one host sync of them).
+        With `uneven` (validation), a rank that had no batch contributes zeros."""
+        keys = dist_utils.broadcast_object(self.keys) if uneven else self.keys
+        if keys is None:
+            return {}
+        total = self.total if self.total is not None else torch.zeros(len(keys), dtype=torch.float64,
+                                                                      device=self.device)
+        return dict(zip(keys, dist_utils.all_reduce_sum(total).tolist()))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
 
 def _write_config(cfg: TrainConfig, path: Path) -> None:
     from omegaconf import OmegaConf
 
     ckpt.atomic_write(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)).encode())
-

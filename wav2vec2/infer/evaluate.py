@@ -1,0 +1,107 @@
+"""WER and CER of a fine-tuned CTC checkpoint on a labelled manifest subset.
+
+    python -m wav2vec2.infer.evaluate runs/ft/checkpoint_best.pt --subset test
+    python -m wav2vec2.infer.evaluate CKPT --manifest-dir DIR --subset test --hypotheses out.txt
+
+The model, its vocabulary and its data settings (sample rate, normalisation) come from the
+checkpoint; the transcripts from `{subset}.ltr` beside `{subset}.tsv`. Greedy decoding, the
+same as validation during fine-tuning, so the numbers compare with the training logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from wav2vec2.data import Dictionary, TokenBudgetBatchSampler, build_dataloader
+from wav2vec2.infer.decode import error_counts, greedy_ctc, wer_cer
+from wav2vec2.tasks import config_from_dict
+from wav2vec2.tasks.ctc import CtcTask
+from wav2vec2.train import checkpoint as ckpt
+
+
+@dataclass
+class Evaluation:
+    wer: float
+    """Word error rate, percent."""
+    cer: float
+    """Character error rate, percent (over words joined by single spaces)."""
+    utterances: int
+    counts: dict[str, int]
+    """word_errors, words, char_errors, chars."""
+    hypotheses: list[str] = field(default_factory=list)
+    """One per manifest entry, in manifest order."""
+    references: list[str] = field(default_factory=list)
+
+
+def load_ctc(checkpoint: str | Path, *, manifest_dir: str | None = None) -> tuple[CtcTask, torch.nn.Module]:
+    """The task (vocabulary, data settings) and the model of a CTC checkpoint, in eval mode.
+    `manifest_dir` replaces the one the model was trained on."""
+    state = ckpt.load(Path(checkpoint))
+    if state.get("task") != "ctc":
+        raise ValueError(f"{checkpoint} is a {state.get('task', 'pretrain')!r} checkpoint, not a CTC one")
+    cfg = config_from_dict(state["config"])
+    cfg.task.init = ""  # the weights come from this checkpoint
+    if manifest_dir is not None:
+        cfg.data.manifest_dir = str(manifest_dir)
+    task = CtcTask(cfg, dictionary=Dictionary.from_symbols(state["task_state"]["dictionary"]))
+    model = task.build_model()
+    model.load_state_dict(state["model"])
+    return task, model.eval()
+
+
+@torch.no_grad()
+def evaluate_ctc(
+    checkpoint: str | Path, *, subset: str = "test", manifest_dir: str | None = None,
+    max_tokens: int | None = None, device: str = "cpu",
+) -> Evaluation:
+    """Decode every utterance of `subset` and score it against its transcript."""
+    task, model = load_ctc(checkpoint, manifest_dir=manifest_dir)
+    model.to(device)
+    dataset = task.build_dataset(subset)
+    sampler = TokenBudgetBatchSampler(dataset.sizes, max_tokens=max_tokens or task.cfg.data.max_tokens,
+                                      required_batch_size_multiple=1, shuffle=False, drop_last=False)
+    hyps: dict[int, str] = {}
+    refs: dict[int, str] = {}
+    for batch in build_dataloader(dataset, sampler, seed=0):
+        padding_mask = batch.get("padding_mask")
+        out = model(batch["source"].to(device), None if padding_mask is None else padding_mask.to(device))
+        for i, ids in zip(batch["id"].tolist(), greedy_ctc(out.logits, out.lengths)):
+            hyps[i] = task.dictionary.words(ids)
+            refs[i] = task.dictionary.words(dataset.labels[i])
+    order = sorted(hyps)
+    references, hypotheses = [refs[i] for i in order], [hyps[i] for i in order]
+    counts = error_counts(references, hypotheses)
+    wer, cer = wer_cer(counts)
+    return Evaluation(wer=wer, cer=cer, utterances=len(order), counts=counts,
+                      hypotheses=hypotheses, references=references)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="a CTC checkpoint (checkpoint_best.pt of a fine-tuning run)")
+    parser.add_argument("--subset", default="test", help="manifest subset to score (default: test)")
+    parser.add_argument("--manifest-dir", default=None, help="default: the one the model was trained on")
+    parser.add_argument("--hypotheses", type=Path, default=None, help="write one hypothesis per line here")
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate_ctc(args.checkpoint, subset=args.subset, manifest_dir=args.manifest_dir)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    c = result.counts
+    print(f"{args.subset}: {result.utterances} utterances, {c['words']} words: "
+          f"WER {result.wer:.2f}% ({c['word_errors']} errors), CER {result.cer:.2f}% ({c['char_errors']} errors)")
+    if args.hypotheses is not None:
+        tmp = args.hypotheses.with_name(args.hypotheses.name + ".tmp")
+        tmp.write_text("".join(h + "\n" for h in result.hypotheses))
+        tmp.replace(args.hypotheses)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The task interface: everything the training loop needs to know about one kind of training.
+
+The loop (`wav2vec2.train.trainer.Trainer`) owns devices, DDP, gradient accumulation,
+precision and loss scaling, clipping, the learning-rate schedule, checkpoints, exact resume,
+logging and the validation cadence. A task owns the rest:
+
+- `build_model()`: the model, with its initial weights (random, or loaded from a
+  pretrained checkpoint);
+- `build_dataset(subset)`: the dataset of a manifest subset ("train", "valid"...);
+- `loss(model, batch, ...)`: a loss *sum*, what it is summed over (`sample_size`: masked
+  frames, utterances...) and named metric sums. The loop divides the gradient by the
+  sample size summed over ranks and micro-batches, so the update is fairseq's;
+- `metrics(sums, ...)`: how the summed metrics become logged numbers (bits, perplexities);
+- `valid_step` / `valid_metrics`: the same for validation (WER and friends);
+- `best_metric` / `higher_is_better`: which validation metric picks `checkpoint_best`;
+- `health(history)`: warnings worth a human's attention; `checks(metrics)`: the verdict;
+- `state_dict()` / `load_state_dict()`: task state a checkpoint must carry (none so far:
+  the Gumbel temperature and the fine-tuning freeze are functions of the update count).
+
+If the loop ever needs `if task == ...`, this interface is missing a method. A new task
+is one file beside `pretrain.py` and `ctc.py`, one line in `wav2vec2/tasks/__init__.py`
+and a YAML preset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from wav2vec2.data import RawAudioDataset
+from wav2vec2.train.config import TrainConfig
+
+
+@dataclass
+class LossOutput:
+    loss: Tensor
+    """0-dim: the loss summed over this micro-batch (what is back-propagated)."""
+    sample_size: Tensor | float
+    """What `loss` is a sum over (masked frames for pretraining, utterances for CTC)."""
+    sums: dict[str, Tensor | float]
+    """Named, detached metric sums over this micro-batch; the loop adds them over
+    micro-batches and ranks before `Task.metrics` turns them into logged numbers."""
+
+
+class Task:
+    """Base class of the tasks (see the module docstring)."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    """The dataclass of this task's `task:` config section."""
+    best_metric: ClassVar[str] = "loss"
+    """The validation metric that picks `checkpoint_best.pt`."""
+    higher_is_better: ClassVar[bool] = False
+    interval_weights: ClassVar[dict[str, str]] = {}
+    """Over a logging interval, metric -> the per-update count it is averaged weighted by;
+    metrics not listed are plain means over the updates."""
+    console: ClassVar[tuple[tuple[str, str], ...]] = (("loss", ".3f"),)
+    """(metric, format) pairs of the console progress line, before lr and grad norm."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.task_cfg = cfg.task
+
+    # ------------------------------------------------------------------ building
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build_dataset(self, subset: str) -> RawAudioDataset:
+        raise NotImplementedError
+
+    def has_unused_parameters(self) -> bool:
+        """True when some parameters may get no gradient in an update (LayerDrop, a frozen
+        encoder), which DDP must be told (`find_unused_parameters`)."""
+        return False
+
+    # ------------------------------------------------------------------ training
+    def loss(
+        self, model: nn.Module, batch: dict[str, Any], *, num_updates: int, generator: torch.Generator
+    ) -> LossOutput:
+        """One micro-batch (already on the model's device) in training mode."""
+        raise NotImplementedError
+
+    def metrics(self, sums: dict[str, float], *, num_updates: int) -> dict[str, float]:
+        """Logged training metrics of one update from its summed `LossOutput.sums`."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ validation
+    def valid_step(
+        self, model: nn.Module, batch: dict[str, Any], *, num_updates: int, generator: torch.Generator
+    ) -> LossOutput:
+        """One validation batch, in eval mode under no_grad. Defaults to `loss`."""
+        return self.loss(model, batch, num_updates=num_updates, generator=generator)
+
+    def valid_metrics(self, sums: dict[str, float], *, num_updates: int) -> dict[str, float]:
+        """Logged validation metrics from the sums of every `valid_step` on every rank."""
+        return self.metrics(sums, num_updates=num_updates)
+
+    # ------------------------------------------------------------------ judging a run
+    def checks(self, metrics: dict[str, float]) -> dict[str, bool]:
+        """Named pass/fail checks of a validation result: the definition of a healthy run,
+        used by the end-of-run summary, the demo and the tests."""
+        return {}
+
+    def health(self, history: list[dict[str, Any]]) -> list[str]:
+        """Warnings about the newest record of `history` (every logged record so far, each
+        with "split", "num_updates" and the metrics), in the light of the ones before."""
+        return []
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

@@ -1,0 +1,258 @@
+"""CTC fine-tuning (paper §4, fairseq `audio_finetuning` + `ctc` criterion + `Wav2VecCtc`).
+
+The model is `Wav2Vec2Ctc`: a pretrained encoder (this project's checkpoint or a
+transformers directory, `task.init`; or random, for comparisons) and a Linear to the letter
+vocabulary of `dict.ltr.txt`. As fairseq (spec §8):
+
+- the architecture comes from the pretrained model; dropouts, masks, LayerDrop and
+  `feature_grad_mult` come from this run's `model` section (the recipes' fine-tuning
+  values), and a `data.normalize` that differs from pretraining's is an error;
+- the CNN is frozen when `model.feature_encoder.grad_mult` is 0, the whole encoder for
+  the first `task.freeze_finetune_updates` updates (only the head trains);
+- the loss is `ctc_loss` summed over utterances (blank 0, `zero_infinity`), and the sample
+  size is the number of utterances (`sentence_avg`);
+- validation decodes greedily and reports `wer` and `cer` in percent; the best
+  checkpoint is the one with the lowest WER.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from wav2vec2.config import ModelConfig, with_architecture
+from wav2vec2.data import Dictionary, LabelledAudioDataset
+from wav2vec2.data.labels import BLANK, SPECIALS
+from wav2vec2.infer.decode import error_counts, greedy_ctc, wer_cer
+from wav2vec2.model.ctc import Wav2Vec2Ctc, ctc_loss_sum
+from wav2vec2.model.losses import LN2
+from wav2vec2.tasks.base import LossOutput, Task
+from wav2vec2.train import checkpoint as ckpt
+from wav2vec2.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+PRETRAINING_ONLY = ("quantizer.", "project_q.", "final_proj.")
+
+
+@dataclass
+class CtcTaskConfig:
+    """CTC fine-tuning. The fine-tuning values of dropouts, masks and LayerDrop are in
+    `model` (they override the pretrained model's); the rest is here."""
+
+    name: str = "ctc"
+    """The task; chosen by the preset's `task: ctc` default, not set by hand."""
+    init: str = ""
+    """Pretrained weights to fine-tune (fairseq `w2v_path`): a checkpoint of this project
+    (`checkpoint_best.pt` of a pretraining run; of a CTC run, its encoder), or a local
+    transformers `Wav2Vec2ForPreTraining` / `Wav2Vec2Model` / `Wav2Vec2ForCTC` directory.
+    Its architecture replaces `model`'s. "" starts from random weights of `model`."""
+    labels: str = "ltr"
+    """Transcripts are `{subset}.{labels}` beside each `{subset}.tsv`, line for line."""
+    dictionary: str = ""
+    """The letter dictionary; "" means `dict.{labels}.txt` in `data.manifest_dir`."""
+    final_dropout: float = 0.0
+    """Dropout before the output Linear (fairseq `final_dropout`)."""
+    freeze_finetune_updates: int = 0
+    """Updates during which the whole encoder is frozen and only the output layer trains."""
+    num_examples: int = 3
+    """Validation hypotheses logged next to their references."""
+    only_blanks_after: float = 0.25
+    """Warn when validation still emits nothing but blanks this far into the run (a
+    fraction of `optim.max_update`) and after the freeze: CTC's blank phase should be over."""
+
+
+class CtcTask(Task):
+    name = "ctc"
+    Config = CtcTaskConfig
+    best_metric = "wer"
+    higher_is_better = False
+    interval_weights = {"loss": "utterances", "loss_per_token": "tokens"}
+    console = (("loss", ".2f"), ("loss_per_token", ".3f"), ("blank_frac", ".3f"), ("wer", ".2f"), ("cer", ".2f"))
+
+    def __init__(self, cfg: TrainConfig, *, dictionary: Dictionary | None = None) -> None:
+        """`dictionary`: the vocabulary of a trained model (from its checkpoint); by default
+        it is read from `task.dictionary` / `dict.{labels}.txt`."""
+        super().__init__(cfg)
+        t, d = self.task_cfg, cfg.data
+        if d.max_sample_size:
+            raise ValueError(f"data.max_sample_size must be 0 for CTC fine-tuning (got {d.max_sample_size}): "
+                             "cropping would cut audio away from its transcript")
+        self.dictionary_path = Path(t.dictionary or Path(d.manifest_dir) / f"dict.{t.labels}.txt")
+        if dictionary is None:
+            if not self.dictionary_path.is_file():
+                raise FileNotFoundError(f"no letter dictionary at {self.dictionary_path} (task.dictionary, "
+                                        f"or dict.{t.labels}.txt in data.manifest_dir)")
+            dictionary = Dictionary.load(self.dictionary_path)
+        self.dictionary = dictionary
+        self._init_weights: dict[str, torch.Tensor] | None = None
+        if t.init:
+            pretrained, weights, normalize = load_pretrained_encoder(t.init)
+            if normalize is not None and normalize != d.normalize:
+                raise ValueError(
+                    f"data.normalize={d.normalize} but {t.init} was pretrained with normalize={normalize}: "
+                    "fine-tune with the normalisation the model was pretrained with (spec §8)")
+            # The shapes come from the pretrained model, everything else from this config.
+            cfg.model = with_architecture(cfg.model, pretrained)
+            self._init_weights = weights
+        self._examples: list[tuple[str, str]] = []
+
+    # ------------------------------------------------------------------ building
+    def build_model(self) -> nn.Module:
+        model = Wav2Vec2Ctc(self.cfg.model, vocab_size=len(self.dictionary), final_dropout=self.task_cfg.final_dropout,
+                            blank=BLANK)
+        if self._init_weights is not None:
+            model.wav2vec2.load_state_dict(self._init_weights, strict=True)
+            log.info("fine-tuning the encoder of %s (%d tensors); new output layer for %d symbols",
+                     self.task_cfg.init, len(self._init_weights), len(self.dictionary))
+        else:
+            log.info("fine-tuning from random initialisation (task.init is empty)")
+        return model
+
+    def build_dataset(self, subset: str) -> LabelledAudioDataset:
+        d, t = self.cfg.data, self.task_cfg
+        dataset = LabelledAudioDataset(
+            Path(d.manifest_dir) / f"{subset}.tsv", labels_path=Path(d.manifest_dir) / f"{subset}.{t.labels}",
+            dictionary=self.dictionary, sample_rate=d.sample_rate, min_sample_size=d.min_sample_size,
+            normalize=d.normalize,
+        )
+        self._warn_unalignable(dataset, subset)
+        return dataset
+
+    def _warn_unalignable(self, dataset: LabelledAudioDataset, subset: str) -> None:
+        """CTC needs a frame per letter, plus a blank between repeated letters; shorter
+        utterances get an infinite loss, zeroed by `zero_infinity` (they teach nothing)."""
+        fe = self.cfg.model.feature_encoder
+        frames = dataset.lengths.copy()
+        for k, s in zip(fe.conv_kernels, fe.conv_strides):
+            frames = (frames - k) // s + 1
+        needed = [len(y) + sum(a == b for a, b in zip(y, y[1:])) for y in dataset.labels]
+        short = [i for i, n in enumerate(needed) if frames[i] < n]
+        if short:
+            log.warning("%s: %d of %d utterances have fewer frames than their transcript needs and "
+                        "contribute no loss (first: %s)", subset, len(short), len(dataset),
+                        dataset.describe(short[0]))
+
+    def has_unused_parameters(self) -> bool:
+        # A frozen encoder or a skipped layer leaves parameters without gradient.
+        return self.task_cfg.freeze_finetune_updates > 0 or self.cfg.model.transformer.layerdrop > 0
+
+    # ------------------------------------------------------------------ training
+    def _forward(self, model: nn.Module, batch: dict[str, Any], *, num_updates: int,
+                 generator: torch.Generator) -> tuple[torch.Tensor, dict[str, Any], Any]:
+        frozen = num_updates < self.task_cfg.freeze_finetune_updates
+        out = model(batch["source"], batch.get("padding_mask"), freeze_encoder=frozen, generator=generator)
+        target_lengths = batch["target_lengths"]
+        loss = ctc_loss_sum(out.logits, out.lengths, batch["target"], target_lengths, blank=BLANK)
+        # Frames whose best symbol is the blank, among the unpadded ones.
+        unpadded = torch.ones_like(out.logits[..., 0], dtype=torch.bool) if out.padding_mask is None \
+            else ~out.padding_mask
+        blank = (out.logits.argmax(dim=-1) == BLANK) & unpadded
+        sums = {
+            "loss": loss.detach(),
+            "tokens": target_lengths.sum(),
+            "frames": out.lengths.sum(),
+            "blank_frames": blank.sum(),
+            "frozen": float(frozen),
+        }
+        return loss, sums, out
+
+    def loss(self, model: nn.Module, batch: dict[str, Any], *, num_updates: int,
+             generator: torch.Generator) -> LossOutput:
+        loss, sums, _ = self._forward(model, batch, num_updates=num_updates, generator=generator)
+        return LossOutput(loss=loss, sample_size=batch["source"].shape[0], sums=sums)
+
+    def metrics(self, sums: dict[str, float], *, num_updates: int) -> dict[str, float]:
+        return {
+            "loss": sums["loss"] / sums["sample_size"] / LN2,  # bits per utterance, as fairseq
+            "loss_per_token": sums["loss"] / max(sums["tokens"], 1.0) / LN2,
+            "blank_frac": sums["blank_frames"] / max(sums["frames"], 1.0),
+            "tokens": sums["tokens"],
+            "encoder_frozen": float(sums["frozen"] > 0),
+        }
+
+    # ------------------------------------------------------------------ validation
+    def valid_step(self, model: nn.Module, batch: dict[str, Any], *, num_updates: int,
+                   generator: torch.Generator) -> LossOutput:
+        loss, sums, out = self._forward(model, batch, num_updates=num_updates, generator=generator)
+        hyps = [self.dictionary.words(ids) for ids in greedy_ctc(out.logits, out.lengths, blank=BLANK)]
+        refs = [self.dictionary.words(y[:n]) for y, n in zip(batch["target"].tolist(),
+                                                            batch["target_lengths"].tolist())]
+        counts = error_counts(refs, hyps)
+        if len(self._examples) < self.task_cfg.num_examples:
+            self._examples += list(zip(refs, hyps))[: self.task_cfg.num_examples - len(self._examples)]
+        return LossOutput(loss=loss, sample_size=batch["source"].shape[0], sums={**sums, **counts})
+
+    def valid_metrics(self, sums: dict[str, float], *, num_updates: int) -> dict[str, float]:
+        metrics = self.metrics(sums, num_updates=num_updates)
+        del metrics["encoder_frozen"]
+        metrics["wer"], metrics["cer"] = wer_cer(sums)
+        for ref, hyp in self._examples:
+            log.info("  ref: %s", ref)
+            log.info("  hyp: %s", hyp or "(nothing)")
+        self._examples = []
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        # The output layer's vocabulary travels with the weights it indexes.
+        return {"dictionary": self.dictionary.symbols[len(SPECIALS):]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("dictionary")
+        if saved is not None and saved != self.dictionary.symbols[len(SPECIALS):]:
+            raise ValueError(f"{self.dictionary_path} differs from the dictionary the checkpoint was trained "
+                             "with: the output layer would mean other letters. Use the original dictionary.")
+
+    # ------------------------------------------------------------------ judging a run
+    def checks(self, metrics: dict[str, float]) -> dict[str, bool]:
+        return {
+            "emits letters, not only blanks": metrics["blank_frac"] < 0.999,
+            "WER below 100%": metrics["wer"] < 100.0,
+        }
+
+    def health(self, history: list[dict[str, Any]]) -> list[str]:
+        if not history or history[-1]["split"] != "valid":
+            return []
+        record, t = history[-1], self.task_cfg
+        start = max(t.freeze_finetune_updates, t.only_blanks_after * self.cfg.optim.max_update)
+        if record["num_updates"] >= start and record["blank_frac"] >= 0.999:
+            return [
+                f"the model still emits only blanks at update {record['num_updates']} (WER "
+                f"{record['wer']:.1f}%): the usual causes are an lr too low or too high for the batch "
+                "(optim.lr), a freeze too long for the run (task.freeze_finetune_updates), or too few "
+                "updates (optim.max_update); a different data.normalize than pretraining also does it"
+            ]
+        return []
+
+
+def load_pretrained_encoder(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor], bool | None]:
+    """(architecture, encoder state dict for `Wav2Vec2Model` without pretraining modules,
+    the `normalize` it was pretrained with or None if unknown) of a pretrained model: a
+    checkpoint file of this project or a local transformers directory. Nothing is
+    downloaded."""
+    p = Path(path)
+    if p.is_dir():
+        from wav2vec2.interop.hf import load_hf_encoder
+
+        return load_hf_encoder(p)
+    if not p.is_file():
+        raise FileNotFoundError(f"task.init: {path} is neither a checkpoint file nor a transformers directory")
+    state = ckpt.load(p)
+    if "model" not in state or "config" not in state:
+        raise ValueError(f"task.init: {path} is not a checkpoint of this project (no model/config)")
+    schema = OmegaConf.structured(ModelConfig)
+    cfg = OmegaConf.to_object(OmegaConf.merge(schema, state["config"]["model"]))
+    weights = state["model"]
+    if state.get("task", "pretrain") == "ctc":  # a fine-tuned model: its encoder
+        weights = {k[len("wav2vec2."):]: v for k, v in weights.items() if k.startswith("wav2vec2.")}
+    weights = {k: v for k, v in weights.items() if not k.startswith(PRETRAINING_ONLY)}
+    normalize = state["config"].get("data", {}).get("normalize")
+    return cfg, weights, None if normalize is None else bool(normalize)
+

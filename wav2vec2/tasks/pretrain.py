@@ -1,0 +1,175 @@
+"""Self-supervised pretraining (paper §3, fairseq `audio_pretraining` + `wav2vec` criterion).
+
+The model is `Wav2Vec2Model` from `cfg.model`; the loss is contrastive + weighted diversity
++ weighted feature penalty, summed over masked frames (the sample size), at the Gumbel
+temperature of the current update. Logged as fairseq logs it (spec §7): losses in bits per
+masked frame, accuracy by fairseq's rule, code and prob perplexity as plain means over
+forwards (per GPU and micro-batch).
+
+This file also holds the one definition of a healthy pretraining run (`checks`, and the
+warnings of `health`), which the end-of-run summary, the demo and the tests all use.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wav2vec2.data import RawAudioDataset
+from wav2vec2.model.losses import LN2, pretraining_loss
+from wav2vec2.model.quantizer import gumbel_temperature
+from wav2vec2.model.wav2vec2 import Wav2Vec2Model
+from wav2vec2.tasks.base import LossOutput, Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainTaskConfig:
+    """Pretraining: the model, losses and Gumbel schedule are in `model`; this section
+    holds how a run is judged (README, "What a healthy run looks like")."""
+
+    name: str = "pretrain"
+    """The task; chosen by the preset's `task: pretrain` default, not set by hand."""
+    chance_margin: float = 0.05
+    """"At chance": the contrastive loss within this many bits of log2(K+1)."""
+    not_learning_after: float = 0.25
+    """Warn that the model is not learning when the train loss is still at chance this far
+    into the run (a fraction of `optim.max_update`). Healthy runs sit at chance for a
+    while first: the demo leaves it around update 150-200 of 1,200."""
+    not_learning_window: int = 5
+    """...and has been at chance in each of the last this many train logs."""
+    collapse_factor: float = 2.0
+    """Codebook collapse: code_perplexity below collapse_factor * G (its floor is G)."""
+    learned_fraction: float = 0.85
+    """Verdict "learned": validation contrastive loss under this fraction of chance (0.65
+    bits at K=20, far beyond run-to-run noise)..."""
+    learned_accuracy_factor: float = 3.0
+    """...and accuracy above this many times chance, 1/(K+1)."""
+
+
+class PretrainTask(Task):
+    name = "pretrain"
+    Config = PretrainTaskConfig
+    best_metric = "loss"
+    higher_is_better = False
+    # Losses over a logging interval are weighted by masked frames, as fairseq's; the
+    # perplexities are plain means over forwards.
+    interval_weights = {k: "masked_frames" for k in ("loss", "contrastive", "diversity", "feature_pen", "accuracy")}
+    console = (("loss", ".3f"), ("contrastive", ".3f"), ("accuracy", ".3f"), ("code_perplexity", ".1f"),
+               ("prob_perplexity", ".1f"), ("temperature", ".3f"))
+
+    def build_model(self) -> nn.Module:
+        return Wav2Vec2Model(self.cfg.model)
+
+    def build_dataset(self, subset: str) -> RawAudioDataset:
+        d = self.cfg.data
+        return RawAudioDataset(
+            Path(d.manifest_dir) / f"{subset}.tsv", sample_rate=d.sample_rate,
+            min_sample_size=d.min_sample_size, max_sample_size=d.max_sample_size or None,
+            normalize=d.normalize,
+        )
+
+    def has_unused_parameters(self) -> bool:
+        return self.cfg.model.transformer.layerdrop > 0  # a skipped layer gets no gradient
+
+    # ------------------------------------------------------------------ training
+    def loss(
+        self, model: nn.Module, batch: dict[str, Any], *, num_updates: int, generator: torch.Generator
+    ) -> LossOutput:
+        temperature = gumbel_temperature(num_updates, self.cfg.model.quantizer)
+        out = model(batch["source"], padding_mask=batch.get("padding_mask"), temperature=temperature,
+                     generator=generator)
+        loss = pretraining_loss(out, self.cfg.model.loss)
+        frames = out.time_mask.numel() if out.padding_mask is None else (~out.padding_mask).sum()
+        sums = {
+            "loss": loss.total.detach().float(),
+            "contrastive": loss.contrastive.detach(),
+            "diversity": loss.diversity.detach(),
+            "feature_pen": loss.feature_pen.detach(),
+            "correct": loss.correct.float(),
+            "masked_frames": loss.sample_size,
+            "prob_perplexity": out.prob_perplexity.detach().float(),
+            "code_perplexity": out.code_perplexity.detach().float(),
+            "forwards": 1.0,
+            "frames": frames,
+        }
+        return LossOutput(loss=loss.total, sample_size=loss.sample_size, sums=sums)
+
+    def metrics(self, sums: dict[str, float], *, num_updates: int) -> dict[str, float]:
+        n = sums["masked_frames"]
+        return {
+            "loss": sums["loss"] / n / LN2,
+            "contrastive": sums["contrastive"] / n / LN2,
+            "diversity": sums["diversity"] / n / LN2,
+            "feature_pen": sums["feature_pen"] / n / LN2,
+            "accuracy": sums["correct"] / n,
+            # Plain means over forwards (per GPU and micro-batch), as fairseq averages them.
+            "prob_perplexity": sums["prob_perplexity"] / sums["forwards"],
+            "code_perplexity": sums["code_perplexity"] / sums["forwards"],
+            "masked_frac": n / sums["frames"],
+            "masked_frames": n,
+            "temperature": gumbel_temperature(num_updates, self.cfg.model.quantizer),
+        }
+
+    # ------------------------------------------------------------------ judging a run
+    @property
+    def chance_bits(self) -> float:
+        """log2(K+1): the loss of a model that cannot tell the positive from K negatives."""
+        return math.log2(self.cfg.model.num_negatives + 1)
+
+    @property
+    def chance_accuracy(self) -> float:
+        return 1.0 / (self.cfg.model.num_negatives + 1)
+
+    def checks(self, metrics: dict[str, float]) -> dict[str, bool]:
+        t, G = self.task_cfg, self.cfg.model.quantizer.num_codebooks
+        return {
+            "contrastive loss under chance": metrics["contrastive"] < t.learned_fraction * self.chance_bits,
+            "accuracy above chance": metrics["accuracy"] > t.learned_accuracy_factor * self.chance_accuracy,
+            "codebook not collapsed": metrics["code_perplexity"] > t.collapse_factor * G,
+            "accuracy not degenerate": metrics["accuracy"] < 0.99,
+        }
+
+    def health(self, history: list[dict[str, Any]]) -> list[str]:
+        """The failure modes users report most (spec §10 rows 1-2):
+
+        - code perplexity near G: every frame of a codebook picks the same entry (collapse);
+        - accuracy at 1: usually that collapse, negatives equal to the positive get -inf;
+        - contrastive loss still at log2(K+1) well into the run: not learning.
+        """
+        if not history:
+            return []
+        record, t = history[-1], self.task_cfg
+        G = self.cfg.model.quantizer.num_codebooks
+        warnings = []
+        code_ppl = record.get("code_perplexity")
+        if code_ppl is not None and code_ppl <= t.collapse_factor * G:
+            warnings.append(
+                f"codebook collapse: code_perplexity {code_ppl:.2f} is near G={G} (every frame "
+                "uses one entry per codebook); lower the lr, raise model.loss.diversity_weight "
+                "or the batch size"
+            )
+        acc = record.get("accuracy")
+        if acc is not None and acc >= 0.99:
+            warnings.append(
+                f"accuracy {acc:.3f} ~ 1: suspicious; check code_perplexity for a collapse "
+                "(negatives identical to the positive are masked to -inf)"
+            )
+        train = [r for r in history if r["split"] == "train"]
+        recent = train[-t.not_learning_window:]
+        late = record["num_updates"] >= t.not_learning_after * self.cfg.optim.max_update
+        if (record["split"] == "train" and late and len(recent) == t.not_learning_window
+                and all(abs(r["contrastive"] - self.chance_bits) < t.chance_margin for r in recent)):
+            warnings.append(
+                f"not learning: contrastive loss {record['contrastive']:.3f} bits is still at chance "
+                f"(log2(K+1) = {self.chance_bits:.3f}) at update {record['num_updates']}; lower "
+                "optim.lr or raise the batch (optim.update_freq) - spec §10 row 1"
+            )
+        return warnings
