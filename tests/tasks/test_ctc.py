@@ -270,3 +270,26 @@ def test_architecture_from_a_ctc_checkpoint_matches(make_ctc_cfg, tmp_path: Path
     saved = ckpt.load(tmp_path / "first" / ckpt.LAST)["model"]
     assert torch.equal(model.wav2vec2.encoder.layers[0].fc1.weight, saved["wav2vec2.encoder.layers.0.fc1.weight"])
     assert isinstance(task, CtcTask) and isinstance(task.dictionary, Dictionary)
+
+
+@pytest.mark.reference
+def test_init_from_a_transformers_directory(make_ctc_cfg, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from wav2vec2.interop.hf import config_to_hf, state_dict_to_hf
+    from wav2vec2.model.wav2vec2 import Wav2Vec2Model
+
+    cfg = tiny()
+    cfg.transformer.num_layers = 3
+    torch.manual_seed(1)
+    ours = Wav2Vec2Model(cfg)
+    hf = transformers.Wav2Vec2ForPreTraining(config_to_hf(cfg))
+    hf.load_state_dict(state_dict_to_hf(ours.state_dict(), cfg))
+    hf.save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({"do_normalize": False}))
+
+    task = build_task(make_ctc_cfg(f"task.init={tmp_path / 'hf'}"))
+    assert task.cfg.model.transformer.num_layers == 3
+    model = task.build_model()
+    assert torch.equal(model.wav2vec2.encoder.layers[2].fc2.weight, ours.encoder.layers[2].fc2.weight)
+    with pytest.raises(ValueError, match="normalize"):
+        build_task(make_ctc_cfg(f"task.init={tmp_path / 'hf'}", "data.normalize=true"))

@@ -1,7 +1,10 @@
-"""Interop with transformers' `Wav2Vec2ForPreTraining` (verified equal to fairseq 0.12.2).
+"""Interop with transformers' `Wav2Vec2ForPreTraining` (verified equal to fairseq 0.12.2),
+`Wav2Vec2Model` and `Wav2Vec2ForCTC`.
 
 Configs, state dicts and whole models in both directions, so a checkpoint trained here can
-be fine-tuned with transformers and a transformers checkpoint can be trained further here.
+be fine-tuned with transformers and a transformers checkpoint can be trained further here:
+`load_hf_encoder` takes the encoder of any of the three from a local directory (what CTC
+fine-tuning starts from), `ctc_*` convert our `Wav2Vec2Ctc` to and from `Wav2Vec2ForCTC`.
 transformers is an optional dependency (extras `dev`/`bench`): it is imported inside the
 functions that need it, never at module level.
 
@@ -33,6 +36,8 @@ BASE recipe), so `config_from_hf(config_to_hf(cfg), template=cfg) == cfg`.
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +50,8 @@ from wav2vec2.model.wav2vec2 import Wav2Vec2Model
 
 if TYPE_CHECKING:  # transformers is optional
     from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
 # The one parameter mapping: (our key prefix, transformers key prefix). "#" stands for a block
@@ -86,6 +93,13 @@ _LEGACY_HF_SUFFIXES = {
 }
 
 _PROJ_HF = "wav2vec2.feature_projection.projection."
+_MASK_EMB_HF = "wav2vec2.masked_spec_embed"
+
+# Wav2Vec2Ctc's output layer <-> Wav2Vec2ForCTC's. The encoder under both models' `wav2vec2.`
+# is renamed by PARAM_MAP; this row is only the head, kept apart so that PARAM_MAP (the
+# pretraining model's keys) still rejects an `lm_head`.
+CTC_HEAD_MAP: tuple[tuple[str, str], ...] = (("proj.", "lm_head."),)
+_CTC_ENCODER = "wav2vec2."  # the encoder's prefix on both sides
 
 
 def _compile(prefix: str) -> re.Pattern[str]:
@@ -94,6 +108,8 @@ def _compile(prefix: str) -> re.Pattern[str]:
 
 _TO_HF = [(_compile(ours), hf) for ours, hf in PARAM_MAP]
 _FROM_HF = [(_compile(hf), ours) for ours, hf in PARAM_MAP]
+_CTC_HEAD_TO_HF = [(_compile(ours), hf) for ours, hf in CTC_HEAD_MAP]
+_CTC_HEAD_FROM_HF = [(_compile(hf), ours) for ours, hf in CTC_HEAD_MAP]
 
 
 def _rename(key: str, table: list[tuple[re.Pattern[str], str]]) -> str:
@@ -234,6 +250,34 @@ def config_from_hf(
     return cfg
 
 
+def ctc_config_to_hf(
+    cfg: ModelConfig,
+    *,
+    vocab_size: int,
+    final_dropout: float = 0.0,
+    pad_token_id: int = 0,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = 2,
+) -> Wav2Vec2Config:
+    """The `Wav2Vec2ForCTC` config of our `Wav2Vec2Ctc(cfg, vocab_size=, final_dropout=)`.
+
+    transformers' CTC blank is `pad_token_id`: index 0, our blank (`wav2vec2.data.labels`:
+    0 <blank>, 1 <pad>, 2 </s>, 3 <unk>; hence no bos and eos 2). The loss is set to ours
+    (fairseq's): summed over utterances, infinite losses zeroed. As `config_to_hf`, it
+    raises when masking.mask_prob and channel_prob are both 0 (no mask embedding there).
+    """
+    hf = config_to_hf(cfg)
+    hf.architectures = ["Wav2Vec2ForCTC"]
+    hf.vocab_size = vocab_size
+    hf.final_dropout = final_dropout
+    hf.pad_token_id = pad_token_id
+    hf.bos_token_id = bos_token_id
+    hf.eos_token_id = eos_token_id
+    hf.ctc_loss_reduction = "sum"
+    hf.ctc_zero_infinity = True
+    return hf
+
+
 # ---------------------------------------------------------------------------------------------
 # State dicts
 # ---------------------------------------------------------------------------------------------
@@ -274,6 +318,73 @@ def state_dict_from_hf(hf_state_dict: dict[str, Tensor], cfg: ModelConfig) -> di
     return {_rename(key, _FROM_HF): value for key, value in hf.items()}
 
 
+def _with_mask_emb(hf_state_dict: dict[str, Tensor], cfg: ModelConfig, *, source: str) -> dict[str, Tensor]:
+    """`hf_state_dict` (transformers names), with a fresh mask embedding if it has none.
+
+    transformers only builds `masked_spec_embed` when mask_time_prob or mask_feature_prob is
+    > 0, so an encoder saved with masking off has none, while ours always has `mask_emb`
+    (fine-tuning masks). Rather than refusing such a checkpoint, draw the embedding as
+    fairseq, transformers and our `init_weights` initialise it, U[0, 1), from a fixed seed
+    (loading stays deterministic), and warn: it is untrained, which matters only if the
+    model is then run with masking (fine-tuning learns it from there).
+    """
+    if _MASK_EMB_HF in hf_state_dict:
+        return hf_state_dict
+    log.warning(
+        "%s has no masked_spec_embed (transformers only builds it when mask_time_prob or "
+        "mask_feature_prob > 0): mask_emb is initialised U[0, 1), untrained; it only matters "
+        "when masking is on, and fine-tuning with masking learns it from scratch", source,
+    )
+    ref = next(iter(hf_state_dict.values()))
+    mask_emb = torch.rand(cfg.transformer.embed_dim, generator=torch.Generator().manual_seed(0))
+    return {**hf_state_dict, _MASK_EMB_HF: mask_emb.to(dtype=ref.dtype, device=ref.device)}
+
+
+def _rename_ctc_head(key: str, table: list[tuple[re.Pattern[str], str]], what: str) -> str:
+    try:
+        return _rename(key, table)
+    except ValueError:
+        raise ValueError(
+            f"unexpected key {key!r} in a {what} state dict: only the encoder (wav2vec2.*) and "
+            "the output layer (see CTC_HEAD_MAP in wav2vec2/interop/hf.py) are mapped"
+        ) from None
+
+
+def ctc_state_dict_to_hf(state_dict: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """Our `Wav2Vec2Ctc` state dict -> `Wav2Vec2ForCTC`'s: the encoder through PARAM_MAP
+    (`state_dict_to_hf`, identity projection when C == D included), `proj` -> `lm_head`."""
+    encoder, head = {}, {}
+    for key, value in state_dict.items():
+        if key.startswith(_CTC_ENCODER):
+            encoder[key[len(_CTC_ENCODER):]] = value
+        else:
+            head[_rename_ctc_head(key, _CTC_HEAD_TO_HF, "Wav2Vec2Ctc")] = value
+    out = state_dict_to_hf(encoder, cfg)
+    stray = sorted(key for key in out if not key.startswith(_CTC_ENCODER))
+    if stray:  # quantizer, project_q, final_proj: Wav2Vec2ForCTC has none
+        raise ValueError(
+            f"the Wav2Vec2Ctc state dict holds pretraining modules ({', '.join(stray)}); "
+            "remove_pretraining_modules() first"
+        )
+    out.update(head)
+    return out
+
+
+def ctc_state_dict_from_hf(hf_state_dict: dict[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+    """`Wav2Vec2ForCTC`'s state dict -> our `Wav2Vec2Ctc`'s (inverse of `ctc_state_dict_to_hf`).
+    A missing `masked_spec_embed` is drawn fresh, with a warning (see `_with_mask_emb`)."""
+    encoder, head = {}, {}
+    for key, value in hf_state_dict.items():
+        if key.startswith(_CTC_ENCODER):
+            encoder[key] = value
+        else:
+            head[_rename_ctc_head(key, _CTC_HEAD_FROM_HF, "Wav2Vec2ForCTC")] = value
+    encoder = _with_mask_emb(encoder, cfg, source="the Wav2Vec2ForCTC state dict")
+    out = {_CTC_ENCODER + key: value for key, value in state_dict_from_hf(encoder, cfg).items()}
+    out.update(head)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------
@@ -300,6 +411,69 @@ def load_hf_pretraining(
     model = Wav2Vec2Model(cfg)
     model.load_state_dict(state_dict_from_hf(hf_model.state_dict(), cfg), strict=True)
     return model
+
+
+def load_hf_encoder(
+    path: str | Path, *, template: ModelConfig | None = None
+) -> tuple[ModelConfig, dict[str, Tensor], bool | None]:
+    """The encoder of a local transformers wav2vec 2.0 directory, for fine-tuning.
+
+    `path` is a `save_pretrained` directory of a `Wav2Vec2ForPreTraining`, `Wav2Vec2Model`
+    or `Wav2Vec2ForCTC` (heads are dropped). Returns (our config of that architecture, with
+    the fields transformers lacks from `template` as in `config_from_hf`; a state dict that
+    `Wav2Vec2Model(cfg)` loads with strict=True after `remove_pretraining_modules()`; the
+    `do_normalize` of the directory's preprocessor_config.json, or None without one).
+
+    Weights are read by transformers' `from_pretrained(local_files_only=True,
+    weights_only=True)`: nothing is downloaded, no pickled code runs. A checkpoint saved with masking off has no mask embedding: a fresh U[0, 1)
+    one is returned, with a warning (`_with_mask_emb`). Any other weight the checkpoint lacks
+    is an error (transformers would silently initialise it).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a local directory (hub downloads are not supported)")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a transformers save_pretrained directory")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type != "wav2vec2":
+        raise ValueError(f"{path} holds a {model_type!r} model; only 'wav2vec2' can be loaded")
+    try:
+        from transformers import Wav2Vec2Config as HfConfig
+        from transformers import Wav2Vec2Model as HfModel
+    except ImportError as e:
+        raise ImportError(
+            f"loading the transformers checkpoint {path} needs transformers: pip install transformers"
+        ) from e
+
+    hf_config = HfConfig.from_pretrained(path, local_files_only=True)
+    try:
+        cfg = config_from_hf(hf_config, template=template)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    hf_model, info = HfModel.from_pretrained(  # a .bin goes through torch.load(weights_only=True)
+        path, config=hf_config, local_files_only=True, weights_only=True, output_loading_info=True
+    )
+    missing = set(info["missing_keys"])
+    if missing - {"masked_spec_embed"}:
+        raise ValueError(f"{path}: the checkpoint lacks {sorted(missing - {'masked_spec_embed'})}")
+    hf_state = {
+        _CTC_ENCODER + key: value.detach()
+        for key, value in hf_model.state_dict().items()
+        if key not in missing  # a masked_spec_embed transformers made up is not the checkpoint's
+    }
+    hf_state = _with_mask_emb(hf_state, cfg, source=str(path))
+    try:
+        state = state_dict_from_hf(hf_state, cfg)
+    except ValueError as e:  # a non-identity projection where C == D
+        raise ValueError(f"{path}: {e}") from e
+
+    do_normalize = None
+    preprocessor = path / "preprocessor_config.json"
+    if preprocessor.is_file():
+        # Absent from the file means Wav2Vec2FeatureExtractor's default, True.
+        do_normalize = bool(json.loads(preprocessor.read_text()).get("do_normalize", True))
+    return cfg, state, do_normalize
 
 
 def export_hf(model: Wav2Vec2Model, out_dir: str | Path) -> Path:
