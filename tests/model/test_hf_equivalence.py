@@ -210,5 +210,5 @@ def test_feature_penalty_is_mean_square_of_conv_output(run):
     """fairseq only (transformers has no penalty): mean of squared feature-encoder outputs
     over every frame and channel, before the LayerNorm."""
     ref = run["hf_conv"].double().pow(2).mean().float()
-    _check(run, "feature penalty", run["out"].features_pen, ref)
+    _check(run, "feature penalty", run["out"].feature_penalty, ref)
 

@@ -119,11 +119,11 @@ def test_loss_terms_are_weighted_by_sample_size():
     assert loss.sample_size == n
     gv = model.quantizer.num_vars
     assert torch.allclose(loss.diversity, 0.1 * n * (gv - out.prob_perplexity) / gv)
-    assert torch.allclose(loss.feature_pen, 10.0 * n * out.features_pen)
-    assert torch.allclose(loss.total, loss.contrastive + loss.diversity + loss.feature_pen)
+    assert torch.allclose(loss.feature_penalty, 10.0 * n * out.feature_penalty)
+    assert torch.allclose(loss.total, loss.contrastive + loss.diversity + loss.feature_penalty)
     cfg = model.cfg.loss
     cfg.feature_penalty_weight = 0.0
-    assert pretraining_loss(out, cfg).feature_pen.item() == 0.0
+    assert pretraining_loss(out, cfg).feature_penalty.item() == 0.0
 
 
 def test_feature_penalty_is_mean_square_of_conv_output():
@@ -131,7 +131,7 @@ def test_feature_penalty_is_mean_square_of_conv_output():
     source = torch.randn(2, 6000)
     out = model(source, temperature=2.0, generator=torch.Generator().manual_seed(0))
     z = model.feature_encoder(source)
-    assert out.features_pen.item() == pytest.approx((z.double() ** 2).sum().item() / z.numel(), rel=1e-5)
+    assert out.feature_penalty.item() == pytest.approx((z.double() ** 2).sum().item() / z.numel(), rel=1e-5)
 
 
 def test_targets_are_not_detached():

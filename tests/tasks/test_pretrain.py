@@ -31,7 +31,7 @@ def test_loss_sums_are_the_model_outputs(task: PretrainTask) -> None:
     s = out.sums
     assert torch.equal(out.loss, loss.total) and out.sample_size == ref.logits.shape[0] == s["masked_frames"]
     assert torch.equal(s["contrastive"], loss.contrastive) and torch.equal(s["diversity"], loss.diversity)
-    assert torch.equal(s["feature_pen"], loss.feature_pen) and torch.equal(s["correct"], loss.correct.float())
+    assert torch.equal(s["feature_penalty"], loss.feature_penalty) and torch.equal(s["correct"], loss.correct.float())
     assert torch.equal(s["prob_perplexity"], ref.prob_perplexity) and torch.equal(s["code_perplexity"],
                                                                                     ref.code_perplexity)
     assert s["prob_perplexity"] != s["code_perplexity"]  # so swapping them would show
@@ -40,14 +40,14 @@ def test_loss_sums_are_the_model_outputs(task: PretrainTask) -> None:
 
 def test_each_metric_is_its_definition(task: PretrainTask) -> None:
     # Distinct values everywhere, so any swapped or misplaced key changes a result.
-    sums = {"loss": 70.0, "contrastive": 50.0, "diversity": 11.0, "feature_pen": 9.0, "correct": 30.0,
+    sums = {"loss": 70.0, "contrastive": 50.0, "diversity": 11.0, "feature_penalty": 9.0, "correct": 30.0,
             "masked_frames": 100.0, "prob_perplexity": 60.0, "code_perplexity": 24.0, "forwards": 3.0,
             "frames": 400.0}
     m = task.metrics(sums, num_updates=5)
     ln2 = math.log(2)
     assert m == {
         "loss": 70 / 100 / ln2, "contrastive": 50 / 100 / ln2, "diversity": 11 / 100 / ln2,
-        "feature_pen": 9 / 100 / ln2, "accuracy": 0.3, "prob_perplexity": 20.0, "code_perplexity": 8.0,
+        "feature_penalty": 9 / 100 / ln2, "accuracy": 0.3, "prob_perplexity": 20.0, "code_perplexity": 8.0,
         "masked_frac": 0.25, "masked_frames": 100.0, "temperature": gumbel_temperature(5, task.cfg.model.quantizer),
     }
 

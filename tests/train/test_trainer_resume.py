@@ -11,12 +11,12 @@ import torch
 from wav2vec2.train import checkpoint as ckpt
 
 LOGGED = {
-    "loss", "contrastive", "diversity", "feature_pen", "accuracy", "prob_perplexity",
+    "loss", "contrastive", "diversity", "feature_penalty", "accuracy", "prob_perplexity",
     "code_perplexity", "temperature", "lr", "grad_norm", "masked_frac", "utterances",
     "masked_frames", "audio_sec_per_sec", "data_wait_sec",
 }
 # What must match bit for bit between an uninterrupted and a resumed run (not timings).
-EXACT = ("loss", "contrastive", "diversity", "feature_pen", "accuracy", "prob_perplexity",
+EXACT = ("loss", "contrastive", "diversity", "feature_penalty", "accuracy", "prob_perplexity",
          "code_perplexity", "temperature", "lr", "grad_norm", "masked_frames", "utterances")
 
 

@@ -59,7 +59,7 @@ class PretrainingLoss:
     """0-dim: the contrastive sum (nats)."""
     diversity: Tensor
     """0-dim: w0 * n * (GV - ppl) / GV (0 when the weight is 0)."""
-    feature_pen: Tensor
+    feature_penalty: Tensor
     """0-dim: w1 * n * feature penalty (0 when the weight is 0)."""
     correct: Tensor
     """0-dim long: rows whose positive wins (fairseq accuracy rule)."""
@@ -70,7 +70,7 @@ class PretrainingLoss:
             "loss": self.total.detach(),
             "contrastive": self.contrastive.detach(),
             "diversity": self.diversity.detach(),
-            "feature_pen": self.feature_pen.detach(),
+            "feature_penalty": self.feature_penalty.detach(),
             "correct": self.correct,
         }
 
@@ -83,15 +83,15 @@ def pretraining_loss(out, cfg: LossConfig) -> PretrainingLoss:
     diversity = zero
     if cfg.diversity_weight != 0:
         diversity = cfg.diversity_weight * n * diversity_loss(out.prob_perplexity, out.num_vars)
-    feature_pen = zero
+    feature_penalty = zero
     if cfg.feature_penalty_weight != 0:
-        feature_pen = cfg.feature_penalty_weight * n * out.features_pen.float()
+        feature_penalty = cfg.feature_penalty_weight * n * out.feature_penalty.float()
     correct, _ = accuracy_counts(out.logits)
     return PretrainingLoss(
-        total=contrastive + diversity + feature_pen,
+        total=contrastive + diversity + feature_penalty,
         sample_size=n,
         contrastive=contrastive,
         diversity=diversity,
-        feature_pen=feature_pen,
+        feature_penalty=feature_penalty,
         correct=correct,
     )

@@ -49,7 +49,7 @@ class Wav2Vec2Output:
     logits: Tensor
     """(B*M, 1+K) fp32 cosine logits / kappa; the positive is column 0, negatives equal to
     it are -inf."""
-    features_pen: Tensor
+    feature_penalty: Tensor
     """0-dim fp32: mean of squared feature-encoder outputs (before the LayerNorm)."""
     prob_perplexity: Tensor
     """0-dim, with grad: softmax perplexity over this forward's masked frames."""
@@ -178,9 +178,9 @@ class Wav2Vec2Model(nn.Module):
         else:
             with torch.no_grad():
                 z = self.feature_encoder(source)
-        features_pen = z.float().pow(2).mean() if penalty else None  # before the LayerNorm, fp32
+        feature_penalty = z.float().pow(2).mean() if penalty else None  # before the LayerNorm, fp32
         z = self.layer_norm(z.transpose(1, 2))  # (B, C, T) -> (B, T, C)
-        return z, features_pen
+        return z, feature_penalty
 
     def _frame_padding(self, padding_mask: Tensor | None, source: Tensor, num_frames: int) -> Tensor | None:
         if padding_mask is None:
@@ -242,7 +242,7 @@ class Wav2Vec2Model(nn.Module):
         dropout streams are fairseq's order)."""
         if source.dim() != 2:
             raise ValueError(f"source must have shape (B, L), got {tuple(source.shape)}")
-        z, features_pen = self._features(source, penalty=pretraining)  # (B, T, C)
+        z, feature_penalty = self._features(source, penalty=pretraining)  # (B, T, C)
         frame_padding = self._frame_padding(padding_mask, source, z.shape[1])
 
         multiple = self.cfg.crop_seq_to_multiple
@@ -263,7 +263,7 @@ class Wav2Vec2Model(nn.Module):
             x=context, padding_mask=frame_padding, features=z, time_mask=time_mask,
             hidden_states=hidden_states if return_hidden_states else None,
         )
-        return out, features_pen, unmasked
+        return out, feature_penalty, unmasked
 
     def encode(
         self,
@@ -314,7 +314,7 @@ class Wav2Vec2Model(nn.Module):
         if self.quantizer is None or self.project_q is None or self.final_proj is None:
             raise RuntimeError("the pretraining modules were removed: use encode(), or a "
                                "model that still has its quantizer")
-        enc, features_pen, unmasked = self._encode(
+        enc, feature_penalty, unmasked = self._encode(
             source, padding_mask, mask=True, generator=generator, time_mask=time_mask, pretraining=True)
         context, time_mask = enc.x, enc.time_mask  # (B, T, D), (B, T)
         if time_mask is None:
@@ -348,7 +348,7 @@ class Wav2Vec2Model(nn.Module):
         logits = contrastive_logits(c, targets, negative_indices, self.cfg.logit_temp)
         return Wav2Vec2Output(
             logits=logits,
-            features_pen=features_pen,
+            feature_penalty=feature_penalty,
             prob_perplexity=q.prob_perplexity,
             code_perplexity=q.code_perplexity,
             num_vars=self.quantizer.num_vars,

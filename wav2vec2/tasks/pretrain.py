@@ -61,7 +61,7 @@ class PretrainTask(Task):
     higher_is_better = False
     # Losses over a logging interval are weighted by masked frames, as fairseq's; the
     # perplexities are plain means over forwards.
-    interval_weights = {k: "masked_frames" for k in ("loss", "contrastive", "diversity", "feature_pen", "accuracy")}
+    interval_weights = {k: "masked_frames" for k in ("loss", "contrastive", "diversity", "feature_penalty", "accuracy")}
     console = (("loss", ".3f"), ("contrastive", ".3f"), ("accuracy", ".3f"), ("code_perplexity", ".1f"),
                ("prob_perplexity", ".1f"), ("temperature", ".3f"))
 
@@ -92,7 +92,7 @@ class PretrainTask(Task):
             "loss": loss.total.detach().float(),
             "contrastive": loss.contrastive.detach(),
             "diversity": loss.diversity.detach(),
-            "feature_pen": loss.feature_pen.detach(),
+            "feature_penalty": loss.feature_penalty.detach(),
             "correct": loss.correct.float(),
             "masked_frames": loss.sample_size,
             "prob_perplexity": out.prob_perplexity.detach().float(),
@@ -108,7 +108,7 @@ class PretrainTask(Task):
             "loss": sums["loss"] / n / LN2,
             "contrastive": sums["contrastive"] / n / LN2,
             "diversity": sums["diversity"] / n / LN2,
-            "feature_pen": sums["feature_pen"] / n / LN2,
+            "feature_penalty": sums["feature_penalty"] / n / LN2,
             "accuracy": sums["correct"] / n,
             # Plain means over forwards (per GPU and micro-batch), as fairseq averages them.
             "prob_perplexity": sums["prob_perplexity"] / sums["forwards"],
