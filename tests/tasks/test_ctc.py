@@ -139,8 +139,9 @@ def test_cropping_is_refused(make_ctc_cfg) -> None:
 
 
 def test_missing_dictionary_is_named(make_ctc_cfg, tmp_path: Path) -> None:
+    task = build_task(make_ctc_cfg(f"task.dictionary={tmp_path / 'nowhere' / 'dict.ltr.txt'}"))
     with pytest.raises(FileNotFoundError, match="nowhere/dict.ltr.txt"):
-        build_task(make_ctc_cfg(f"task.dictionary={tmp_path / 'nowhere' / 'dict.ltr.txt'}"))
+        task.prepare()
 
 
 def test_metrics_are_their_definitions(make_ctc_cfg) -> None:
@@ -191,6 +192,8 @@ def pretrained(make_tiny_cfg, tmp_path: Path) -> Path:
 def test_init_takes_architecture_and_weights_from_the_checkpoint(make_ctc_cfg, pretrained: Path) -> None:
     cfg = make_ctc_cfg(f"task.init={pretrained}", "model.masking.mask_prob=0.2")
     task = build_task(cfg)
+    assert cfg.model.transformer.num_layers == 2  # nothing read before prepare()
+    task.prepare()
     saved = ckpt.load(pretrained)
     assert cfg.model.transformer.num_layers == 3  # from the checkpoint, not ctc_tiny's 2
     assert cfg.model.masking.mask_prob == 0.2  # fine-tuning values stay this run's
@@ -206,12 +209,12 @@ def test_init_takes_architecture_and_weights_from_the_checkpoint(make_ctc_cfg, p
 
 def test_init_with_other_normalisation_fails(make_ctc_cfg, pretrained: Path) -> None:
     with pytest.raises(ValueError, match="normalize"):
-        build_task(make_ctc_cfg(f"task.init={pretrained}", "data.normalize=true"))
+        build_task(make_ctc_cfg(f"task.init={pretrained}", "data.normalize=true")).prepare()
 
 
 def test_init_from_missing_path_is_named(make_ctc_cfg, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="task.init"):
-        build_task(make_ctc_cfg(f"task.init={tmp_path / 'nope.pt'}"))
+        build_task(make_ctc_cfg(f"task.init={tmp_path / 'nope.pt'}")).prepare()
 
 
 # ---------------------------------------------------------------- the whole loop
@@ -247,13 +250,13 @@ def test_pretrain_finetune_resume_and_evaluate(tiny_corpus: Path, labelled_corpu
     va, vb = _records(one_go, "valid"), _records(resumed, "valid")
     # The interrupted run also validated where it stopped (update 3).
     assert [r["num_updates"] for r in va] == [4, 8] and [r["num_updates"] for r in vb] == [3, 4, 8]
-    assert [r["valid_wer"] for r in va] == [r["valid_wer"] for r in vb[1:]]
+    assert [r["wer"] for r in va] == [r["wer"] for r in vb[1:]]
     sa, sb = ckpt.load(one_go / ckpt.LAST), ckpt.load(resumed / ckpt.LAST)
     for name, tensor in sa["model"].items():
         assert torch.equal(tensor, sb["model"][name]), name
 
     result = evaluate_ctc(one_go / ckpt.BEST, subset="valid")
-    best = min(r["valid_wer"] for r in va)
+    best = min(r["wer"] for r in va)
     assert result.utterances == 4 and len(result.hypotheses) == 4
     assert result.wer == pytest.approx(best)  # the best checkpoint scores what validation logged
 
@@ -265,6 +268,7 @@ def test_architecture_from_a_ctc_checkpoint_matches(make_ctc_cfg, tmp_path: Path
     _trainer(cfg).fit()
     second = make_ctc_cfg(f"task.init={tmp_path / 'first' / ckpt.LAST}", run_dir=tmp_path / "second")
     task = build_task(second)
+    task.prepare()
     assert architecture(second.model) == architecture(cfg.model)
     model = task.build_model()
     saved = ckpt.load(tmp_path / "first" / ckpt.LAST)["model"]
@@ -288,8 +292,9 @@ def test_init_from_a_transformers_directory(make_ctc_cfg, tmp_path: Path) -> Non
     (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({"do_normalize": False}))
 
     task = build_task(make_ctc_cfg(f"task.init={tmp_path / 'hf'}"))
+    task.prepare()
     assert task.cfg.model.transformer.num_layers == 3
     model = task.build_model()
     assert torch.equal(model.wav2vec2.encoder.layers[2].fc2.weight, ours.encoder.layers[2].fc2.weight)
     with pytest.raises(ValueError, match="normalize"):
-        build_task(make_ctc_cfg(f"task.init={tmp_path / 'hf'}", "data.normalize=true"))
+        build_task(make_ctc_cfg(f"task.init={tmp_path / 'hf'}", "data.normalize=true")).prepare()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from wav2vec2.train.plots import health, read_metrics
+from wav2vec2.train.plots import load_run, verdict
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,9 +31,8 @@ def test_demo_learns_on_real_speech(tmp_path: Path) -> None:
     assert (run / "curves.png").stat().st_size > 10_000
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
 
-    h = health(run)
-    assert h.contrastive < 0.85 * h.chance_bits, report
-    assert h.accuracy > 3 * h.chance_accuracy, report
-    assert h.code_perplexity > 2 * h.num_codebooks, report
-    train, valid = read_metrics(run)
-    assert train[0]["contrastive"] > 0.95 * h.chance_bits  # it starts at chance and learns
+    lines, healthy = verdict(run)  # the pretraining task's checks, as the summary printed them
+    assert healthy, "\n".join(lines)
+    task, history = load_run(run)
+    train = [r for r in history if r["split"] == "train"]
+    assert train[0]["contrastive"] > 0.95 * task.chance_bits  # it starts at chance and learns

@@ -26,8 +26,17 @@ def test_history_survives_a_resume_without_what_a_killed_run_logged_past_it(tmp_
     logger.log("valid", 2, {"loss": 0.5, "wer": 40.0})
     logger.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["valid_wer"] == 40.0  # the file keeps fairseq's valid_ prefix
+    assert rows[-1] == {"split": "valid", "num_updates": 2, "time": rows[-1]["time"], "loss": 0.5, "wer": 40.0}
+    assert rows[0]["loss"] == 1.0  # the same key in train and valid rows: one name per metric
     resumed = MetricLogger(tmp_path, tensorboard=False, max_update=10, start_update=2)
     assert [(r["split"], r["num_updates"]) for r in resumed.history] == [("train", 1), ("train", 2), ("valid", 2)]
-    assert resumed.history[-1]["wer"] == 40.0  # ...and the history the tasks read has none
+    assert resumed.history[-1]["wer"] == 40.0
     resumed.close()
+
+
+def test_history_reads_files_with_the_old_valid_prefix(tmp_path: Path) -> None:
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps({"split": "train", "num_updates": 1, "loss": 3.0}) + "\n"
+        + json.dumps({"split": "valid", "num_updates": 1, "valid_loss": 2.0, "valid_best_loss": 2.0}) + "\n")
+    history = MetricLogger(tmp_path, tensorboard=False, max_update=5, start_update=1).history
+    assert history[1] == {"split": "valid", "num_updates": 1, "loss": 2.0, "best_loss": 2.0}

@@ -65,6 +65,11 @@ class Task:
         self.task_cfg = cfg.task
 
     # ------------------------------------------------------------------ building
+    def prepare(self) -> None:
+        """Reading what training needs beyond the config (a vocabulary, pretrained weights
+        and the architecture they fix). The trainer calls it first; judging a finished run
+        (`verdict`) does not need it. Must be idempotent."""
+
     def build_model(self) -> nn.Module:
         raise NotImplementedError
 
@@ -108,6 +113,23 @@ class Task:
         """Warnings about the newest record of `history` (every logged record so far, each
         with "split", "num_updates" and the metrics), in the light of the ones before."""
         return []
+
+    def describe(self, metrics: dict[str, float]) -> list[str]:
+        """The lines of the end-of-run summary that show `metrics` (a validation result)."""
+        return [f"  {key} {value:.4g}" for key, value in metrics.items() if key in dict(self.console)]
+
+    def verdict(self, history: list[dict[str, Any]]) -> tuple[list[str], bool]:
+        """The end-of-run summary and whether the run is healthy, judged by `checks` on the
+        last validation (the last training log if the run never validated)."""
+        valid = [r for r in history if r["split"] == "valid"]
+        record = valid[-1] if valid else [r for r in history if r["split"] == "train"][-1]
+        checks = self.checks(record)
+        healthy = all(checks.values())
+        lines = [f"after {record['num_updates']} updates ({'validation' if valid else 'training'}):"]
+        lines += self.describe(record)
+        lines += [f"  [{'ok' if ok else 'FAIL'}] {name}" for name, ok in checks.items()]
+        lines.append("healthy: the model learned" if healthy else "NOT healthy: see the README's troubleshooting")
+        return lines, healthy
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, Any]:

@@ -85,13 +85,22 @@ class CtcTask(Task):
             raise ValueError(f"data.max_sample_size must be 0 for CTC fine-tuning (got {d.max_sample_size}): "
                              "cropping would cut audio away from its transcript")
         self.dictionary_path = Path(t.dictionary or Path(d.manifest_dir) / f"dict.{t.labels}.txt")
-        if dictionary is None:
+        self._dictionary = dictionary
+        self._init_weights: dict[str, torch.Tensor] | None = None
+        self._prepared = False
+        self._examples: list[tuple[str, str]] = []
+
+    def prepare(self) -> None:
+        """Read the dictionary, and the pretrained model of `task.init`: its architecture
+        replaces `model`'s, its weights wait for `build_model`."""
+        if self._prepared:
+            return
+        t, d = self.task_cfg, self.cfg.data
+        if self._dictionary is None:
             if not self.dictionary_path.is_file():
                 raise FileNotFoundError(f"no letter dictionary at {self.dictionary_path} (task.dictionary, "
                                         f"or dict.{t.labels}.txt in data.manifest_dir)")
-            dictionary = Dictionary.load(self.dictionary_path)
-        self.dictionary = dictionary
-        self._init_weights: dict[str, torch.Tensor] | None = None
+            self._dictionary = Dictionary.load(self.dictionary_path)
         if t.init:
             pretrained, weights, normalize = load_pretrained_encoder(t.init)
             if normalize is not None and normalize != d.normalize:
@@ -99,12 +108,18 @@ class CtcTask(Task):
                     f"data.normalize={d.normalize} but {t.init} was pretrained with normalize={normalize}: "
                     "fine-tune with the normalisation the model was pretrained with (spec §8)")
             # The shapes come from the pretrained model, everything else from this config.
-            cfg.model = with_architecture(cfg.model, pretrained)
+            self.cfg.model = with_architecture(self.cfg.model, pretrained)
             self._init_weights = weights
-        self._examples: list[tuple[str, str]] = []
+        self._prepared = True
+
+    @property
+    def dictionary(self) -> Dictionary:
+        self.prepare()
+        return self._dictionary
 
     # ------------------------------------------------------------------ building
     def build_model(self) -> nn.Module:
+        self.prepare()
         model = Wav2Vec2Ctc(self.cfg.model, vocab_size=len(self.dictionary), final_dropout=self.task_cfg.final_dropout,
                             blank=BLANK)
         if self._init_weights is not None:
@@ -212,10 +227,15 @@ class CtcTask(Task):
 
     # ------------------------------------------------------------------ judging a run
     def checks(self, metrics: dict[str, float]) -> dict[str, bool]:
-        return {
-            "emits letters, not only blanks": metrics["blank_frac"] < 0.999,
-            "WER below 100%": metrics["wer"] < 100.0,
-        }
+        checks = {"emits letters, not only blanks": metrics["blank_frac"] < 0.999}
+        if "wer" in metrics:  # a validation result
+            checks["WER below 100%"] = metrics["wer"] < 100.0
+        return checks
+
+    def describe(self, metrics: dict[str, float]) -> list[str]:
+        lines = [f"  WER {metrics['wer']:.2f}%   CER {metrics['cer']:.2f}%"] if "wer" in metrics else []
+        return lines + [
+            f"  blank frames {100 * metrics['blank_frac']:.1f}%   loss {metrics['loss_per_token']:.3f} bits per letter"]
 
     def health(self, history: list[dict[str, Any]]) -> list[str]:
         if not history or history[-1]["split"] != "valid":

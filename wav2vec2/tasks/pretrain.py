@@ -137,6 +137,14 @@ class PretrainTask(Task):
             "accuracy not degenerate": metrics["accuracy"] < 0.99,
         }
 
+    def describe(self, metrics: dict[str, float]) -> list[str]:
+        G = self.cfg.model.quantizer.num_codebooks
+        return [
+            f"  contrastive loss {metrics['contrastive']:.3f} bits   (chance {self.chance_bits:.3f})",
+            f"  accuracy         {metrics['accuracy']:.3f}        (chance {self.chance_accuracy:.3f})",
+            f"  code perplexity  {metrics['code_perplexity']:.1f}         (collapse at G = {G})",
+        ]
+
     def health(self, history: list[dict[str, Any]]) -> list[str]:
         """The failure modes users report most (spec §10 rows 1-2):
 

@@ -59,7 +59,7 @@ class MetricLogger:
         _truncate_jsonl(path, start_update)
         self.history: list[dict[str, Any]] = read_history(path)
         """Every record logged so far, this run's and the resumed one's: "split",
-        "num_updates" and the metrics under their own names (no `valid_` prefix)."""
+        "num_updates" and the metrics."""
         self._jsonl = open(path, "a", buffering=1)
         self._tb = None
         if tensorboard:
@@ -72,9 +72,9 @@ class MetricLogger:
 
     def log(self, split: str, num_updates: int, metrics: dict[str, float]) -> None:
         """Record `metrics` under `split` ("train" or "valid") at update `num_updates`."""
-        prefix = "" if split == "train" else f"{split}_"
+        # One name per metric: a validation row says "split": "valid", not valid_loss.
         record: dict[str, Any] = {"split": split, "num_updates": num_updates, "time": time.time()}
-        record.update({prefix + k: _clean(v) for k, v in metrics.items()})
+        record.update({k: _clean(v) for k, v in metrics.items()})
         self._jsonl.write(json.dumps(record) + "\n")
         self.history.append({"split": split, "num_updates": num_updates, **metrics})
         if self._tb is not None:
@@ -105,7 +105,8 @@ class MetricLogger:
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
-    """The records of a `metrics.jsonl`, with validation keys under their own names."""
+    """The records of a `metrics.jsonl`. Files written before metrics kept one name per
+    split had `valid_`-prefixed validation keys: those are read under their own names."""
     if not Path(path).exists():
         return []
     history = []

@@ -46,6 +46,7 @@ CHECKPOINT_VERSION = 2  # 2: + "task" state and "best_valid_metric"; version 1 f
 class Trainer:
     def __init__(self, cfg: TrainConfig, task: Task) -> None:
         self.dist = dist_utils.init_distributed(backend=cfg.distributed.backend, device=cfg.train.device)
+        task.prepare()  # may fix the architecture (a pretrained model's), so before anything else
         self.cfg = validate(cfg, world_size=self.dist.world_size)
         self.task = task
         self.device = self.dist.device
@@ -271,6 +272,9 @@ class Trainer:
             signal.signal(sig, handler)
         if self.metrics is not None:
             self.metrics.close()
+            if self.num_updates == end and self.metrics.history:
+                lines, _ = self.task.verdict(self.metrics.history)
+                log.info("summary of %s\n%s", self.run_dir, "\n".join(lines))
         return valid
 
     def _validate(self) -> dict[str, float] | None:
