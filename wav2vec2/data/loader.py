@@ -8,6 +8,7 @@ position), never on which worker got the batch or where a run resumed.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -74,7 +75,14 @@ def build_dataloader(
         # Its own generator: otherwise each new iterator draws its worker base seed from
         # torch's global RNG, which would shift dropout streams and break exact resume.
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_ignore_interrupts if num_workers > 0 else None,
     )
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group: the trainer decides what it means (checkpoint
+    # and stop); a worker that died of it would only add a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class BatchStream:

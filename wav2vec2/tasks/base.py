@@ -25,6 +25,7 @@ and a YAML preset.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -75,6 +76,15 @@ class Task:
 
     def build_dataset(self, subset: str) -> RawAudioDataset:
         raise NotImplementedError
+
+    def manifest(self, subset: str) -> Path:
+        """`{data.manifest_dir}/{subset}.tsv`, or an error that says how to make one."""
+        path = Path(self.cfg.data.manifest_dir) / f"{subset}.tsv"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no manifest {path} (data.manifest_dir={self.cfg.data.manifest_dir}, subset {subset!r}); "
+                "write one with `wav2vec2-manifest AUDIO_DIR --dest DIR`, or scripts/prepare_asterisk.py")
+        return path
 
     def has_unused_parameters(self) -> bool:
         """True when some parameters may get no gradient in an update (LayerDrop, a frozen

@@ -133,7 +133,7 @@ class CtcTask(Task):
     def build_dataset(self, subset: str) -> LabelledAudioDataset:
         d, t = self.cfg.data, self.task_cfg
         dataset = LabelledAudioDataset(
-            Path(d.manifest_dir) / f"{subset}.tsv", labels_path=Path(d.manifest_dir) / f"{subset}.{t.labels}",
+            self.manifest(subset), labels_path=Path(d.manifest_dir) / f"{subset}.{t.labels}",
             dictionary=self.dictionary, sample_rate=d.sample_rate, min_sample_size=d.min_sample_size,
             normalize=d.normalize,
         )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,7 +70,7 @@ class PretrainTask(Task):
     def build_dataset(self, subset: str) -> RawAudioDataset:
         d = self.cfg.data
         return RawAudioDataset(
-            Path(d.manifest_dir) / f"{subset}.tsv", sample_rate=d.sample_rate,
+            self.manifest(subset), sample_rate=d.sample_rate,
             min_sample_size=d.min_sample_size, max_sample_size=d.max_sample_size or None,
             normalize=d.normalize,
         )

@@ -12,24 +12,32 @@ names its task (`task: pretrain`, `task: ctc`) and that task is trained:
     wav2vec2-train --config-name base_librispeech hydra/launcher=slurm -m \
         data.manifest_dir=DIR run_dir=runs/base          # SLURM via submitit
 
-Rerunning the same command with the same run_dir resumes from its last checkpoint.
-This is the only module of the package that imports hydra at import time.
+Rerunning the same command with the same run_dir resumes from its last checkpoint. Errors
+a user can fix (a missing file, a bad value, an unknown key) print one line that says what
+to do; W2V_DEBUG=1 shows the traceback instead. This is the only module of the package
+that imports hydra at import time.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
-from wav2vec2.config import PRESETS
+from wav2vec2.config import PRESETS, ModelConfig
 from wav2vec2.tasks import TASKS, config_from_dict
 from wav2vec2.train.config import TrainConfig
 
 # The repository's configs/ (an editable or source install); `--config-dir` adds another.
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+_NOT_PRESETS = {"common"}  # shared defaults, not a run
 
 
 def register_configs() -> None:
@@ -56,13 +64,117 @@ def to_train_config(cfg: Any) -> TrainConfig:
     return config_from_dict(OmegaConf.to_container(cfg, resolve=True))
 
 
+# ------------------------------------------------------------------------- --help, checks
+def presets(config_dir: str = CONFIG_DIR) -> dict[str, str]:
+    """Preset name -> the first line of its leading comment, from `configs/*.yaml`."""
+    out = {}
+    for path in sorted(Path(config_dir).glob("*.yaml")):
+        if path.stem in _NOT_PRESETS:
+            continue
+        first = next((line for line in path.read_text().splitlines() if line.startswith("#")), "#")
+        out[path.stem] = first.lstrip("# ").strip()
+    return out
+
+
+def usage() -> str:
+    names = presets()
+    width = max(map(len, names))
+    lines = [
+        "usage: scripts/train.py --config-name PRESET data.manifest_dir=DIR run_dir=DIR [key=value ...]",
+        "",
+        "Trains what the preset names: wav2vec 2.0 pretraining, or CTC fine-tuning (task.init=CHECKPOINT).",
+        "Rerunning with the same run_dir resumes from its last checkpoint; Ctrl-C saves one and stops.",
+        "",
+        "presets (configs/):",
+        *(f"  {name:<{width}}  {text}" for name, text in names.items()),
+        "",
+        "Any field can be set as key=value (optim.lr=2e-4, model=large, task.freeze_finetune_updates=0).",
+        "Every field is documented where it is declared: wav2vec2/train/config.py (data, optim, ...),",
+        "wav2vec2/config.py (model), wav2vec2/tasks/pretrain.py and ctc.py (task).",
+        "--cfg job prints the composed config; --hydra-help shows Hydra's own options.",
+    ]
+    return "\n".join(lines)
+
+
+def _known_keys() -> set[str]:
+    """Every dotted config key a command line may set (task keys of every task)."""
+    def walk(cls: Any, prefix: str) -> set[str]:
+        keys = set()
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(default):
+                keys |= walk(type(default), f"{prefix}{f.name}.")
+            else:
+                keys.add(prefix + f.name)
+        return keys
+
+    keys = walk(TrainConfig, "") - {"task"}
+    for task in TASKS.values():
+        keys |= walk(task.Config, "task.")
+    return keys
+
+
+def check_overrides(args: list[str]) -> str | None:
+    """An error message for the first `key=value` argument whose key is not a config field
+    (with the closest real one), or whose preset name does not exist; None if all are fine."""
+    keys = _known_keys()
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key.startswith("hydra") or "/" in key:
+            continue  # Hydra's own settings and groups (hydra/launcher=slurm)
+        if key in ("model", "task"):
+            names = PRESETS if key == "model" else TASKS
+            if value not in names:
+                return f"{key}={value}: no such {key}; choose one of {', '.join(sorted(names))}"
+            continue
+        if key not in keys:
+            close = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            return (f"{key} is not a config field{hint} (fields are documented in wav2vec2/train/config.py, "
+                    "wav2vec2/config.py and wav2vec2/tasks/; see --help)")
+    return None
+
+
+def _fail(message: str, code: int = 1) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+# ------------------------------------------------------------------------- entry point
 register_configs()
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="tiny", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    from wav2vec2.tasks import build_task  # the loop and models load late: --help and --cfg stay fast
+def _train(cfg: DictConfig) -> None:
+    from wav2vec2.tasks import build_task  # the loop and models load late: --help stays fast
     from wav2vec2.train.trainer import Trainer
 
-    train_cfg = to_train_config(cfg)
-    Trainer(train_cfg, build_task(train_cfg)).fit()
+    try:
+        train_cfg = to_train_config(cfg)
+        Trainer(train_cfg, build_task(train_cfg)).fit()
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", "") or str(err).split(":")[-1].strip()
+        _fail(f"{key} is not set: add {key}=... to the command (see --help)", 2)
+    except (FileNotFoundError, ValueError, FloatingPointError) as err:
+        if os.environ.get("W2V_DEBUG"):
+            raise
+        _fail(f"{err}\n(W2V_DEBUG=1 shows the traceback)")
+    except KeyboardInterrupt:
+        if os.environ.get("W2V_DEBUG"):
+            raise
+        _fail("interrupted; rerun the same command to resume from the last checkpoint", 130)
+
+
+def main() -> None:
+    """`scripts/train.py` / `wav2vec2-train`: our --help and argument checks, then Hydra."""
+    args = sys.argv[1:]
+    if not args or {"-h", "--help"} & set(args):
+        print(usage(), file=sys.stdout if args else sys.stderr)
+        sys.exit(0 if args else 2)
+    problem = check_overrides(args)
+    if problem:
+        _fail(problem, 2)
+    _train()

@@ -151,6 +151,29 @@ def _hms(seconds: float) -> str:
 
 
 def setup_logging(is_main: bool) -> None:
-    """Console logging on rank 0 only; other ranks report warnings and errors."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    """Console logging on rank 0 only; other ranks report warnings and errors. Info lines
+    carry only the time; warnings say so."""
+    logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_ConsoleFormatter())
     logging.getLogger("wav2vec2").setLevel(logging.INFO if is_main else logging.WARNING)
+
+
+def log_to_file(path: Path) -> logging.Handler:
+    """Also write the package's log to `path` (the run's train.log), with full details."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("wav2vec2").addHandler(handler)
+    return handler
+
+
+class _ConsoleFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno >= logging.WARNING:
+            time_, _, rest = text.partition(" ")
+            text = f"{time_} {record.levelname}: {rest}"
+        return text

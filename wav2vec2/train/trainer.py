@@ -35,7 +35,7 @@ from wav2vec2.train import checkpoint as ckpt
 from wav2vec2.train import distributed as dist_utils
 from wav2vec2.train import state as rng
 from wav2vec2.train.config import TrainConfig, validate
-from wav2vec2.train.metrics import Averager, MetricLogger, setup_logging
+from wav2vec2.train.metrics import Averager, MetricLogger, log_to_file, setup_logging
 from wav2vec2.train.optim import build_loss_scaler, build_optimizer, grad_norm, lr_at, scale_grads_, set_lr
 
 log = logging.getLogger("wav2vec2.train")
@@ -86,6 +86,7 @@ class Trainer:
 
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._log_file = log_to_file(self.run_dir / "train.log")
             _write_config(cfg, self.run_dir / "config.yaml")
         dist_utils.barrier()
         self._restore()
@@ -260,7 +261,7 @@ class Trainer:
             if (snapshot or refresh or stop or new_best) and u < end:
                 self.save(snapshot=snapshot, best=new_best)
             if stop:
-                log.info("stopping at update %d (time limit or signal); resume by rerunning", u)
+                log.info("stopped at update %d with a checkpoint; rerun the same command to resume", u)
                 break
         if self.num_updates == end:
             if validated_at != self.num_updates:
@@ -275,6 +276,9 @@ class Trainer:
             if self.num_updates == end and self.metrics.history:
                 lines, _ = self.task.verdict(self.metrics.history)
                 log.info("summary of %s\n%s", self.run_dir, "\n".join(lines))
+        if getattr(self, "_log_file", None) is not None:
+            logging.getLogger("wav2vec2").removeHandler(self._log_file)
+            self._log_file.close()
         return valid
 
     def _validate(self) -> dict[str, float] | None:
@@ -303,12 +307,17 @@ class Trainer:
             log.warning("[%s %d] %s", split, self.num_updates, warning)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
-        """SIGTERM / SIGUSR1 (SLURM preemption) ask for a checkpoint at the next update."""
+        """SIGTERM / SIGUSR1 (SLURM preemption) and Ctrl-C ask for a checkpoint at the next
+        update; a second Ctrl-C stops at once (the last checkpoint stays)."""
         def request_stop(signum: int, frame: Any) -> None:
+            if signum == signal.SIGINT:
+                if self._stop_requested:
+                    raise KeyboardInterrupt
+                log.warning("Ctrl-C: stopping with a checkpoint after this update (Ctrl-C again to quit now)")
             self._stop_requested = True
 
         previous = {}
-        for sig in (signal.SIGTERM, getattr(signal, "SIGUSR1", None)):
+        for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)):
             if sig is not None:
                 with contextlib.suppress(ValueError):  # not the main thread
                     previous[sig] = signal.signal(sig, request_stop)
