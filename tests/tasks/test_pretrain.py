@@ -36,19 +36,35 @@ def test_loss_sums_are_the_model_outputs(task: PretrainTask) -> None:
                                                                                     ref.code_perplexity)
     assert s["prob_perplexity"] != s["code_perplexity"]  # so swapping them would show
     assert s["frames"] == ref.time_mask.numel() and s["forwards"] == 1.0
+    # chance: 1 / (candidates not masked to -inf), by a loop over the logit rows
+    rows = [int(torch.isfinite(row).sum()) for row in ref.logits]
+    assert s["chance_correct"].item() == pytest.approx(sum(1 / r for r in rows))
+    assert s["identical_negatives"] == sum(11 - r for r in rows)
+
+
+def test_chance_accuracy_counts_identical_negatives(task: PretrainTask) -> None:
+    """With every code the same, every negative equals its positive: chance is 1."""
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    with torch.no_grad():
+        model.quantizer.weight_proj.weight.zero_()  # every frame gets code 0 in both codebooks
+    out = task.loss(model, {"source": torch.randn(2, 8000)}, num_updates=0, generator=torch.Generator().manual_seed(0))
+    m = task.metrics({k: float(v) for k, v in {**out.sums, "sample_size": out.sample_size}.items()}, num_updates=0)
+    assert m["chance_accuracy"] == 1.0 and m["identical_negatives"] == 1.0
 
 
 def test_each_metric_is_its_definition(task: PretrainTask) -> None:
     # Distinct values everywhere, so any swapped or misplaced key changes a result.
     sums = {"loss": 70.0, "contrastive": 50.0, "diversity": 11.0, "feature_penalty": 9.0, "correct": 30.0,
             "masked_frames": 100.0, "prob_perplexity": 60.0, "code_perplexity": 24.0, "forwards": 3.0,
-            "frames": 400.0}
+            "frames": 400.0, "chance_correct": 12.5, "identical_negatives": 40.0}
     m = task.metrics(sums, num_updates=5)
     ln2 = math.log(2)
     assert m == {
         "loss": 70 / 100 / ln2, "contrastive": 50 / 100 / ln2, "diversity": 11 / 100 / ln2,
         "feature_penalty": 9 / 100 / ln2, "accuracy": 0.3, "prob_perplexity": 20.0, "code_perplexity": 8.0,
         "masked_frac": 0.25, "masked_frames": 100.0, "temperature": gumbel_temperature(5, task.cfg.model.quantizer),
+        "chance_accuracy": 0.125, "identical_negatives": 40 / (100 * 10),  # tiny: K = 10
     }
 
 

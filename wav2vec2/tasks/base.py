@@ -58,8 +58,8 @@ class Task:
     interval_weights: ClassVar[dict[str, str]] = {}
     """Over a logging interval, metric -> the per-update count it is averaged weighted by;
     metrics not listed are plain means over the updates."""
-    console: ClassVar[tuple[tuple[str, str], ...]] = (("loss", ".3f"),)
-    """(metric, format) pairs of the console progress line, before lr and grad norm."""
+    console: ClassVar[tuple[tuple[str, str, str], ...]] = (("loss", "loss", ".3f"),)
+    """(metric, label, format) of the short console line, before lr, throughput and ETA."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
@@ -126,7 +126,8 @@ class Task:
 
     def describe(self, metrics: dict[str, float]) -> list[str]:
         """The lines of the end-of-run summary that show `metrics` (a validation result)."""
-        return [f"  {key} {value:.4g}" for key, value in metrics.items() if key in dict(self.console)]
+        shown = {key: label for key, label, _ in self.console}
+        return [f"  {shown[key]} {value:.4g}" for key, value in metrics.items() if key in shown]
 
     def verdict(self, history: list[dict[str, Any]]) -> tuple[list[str], bool]:
         """The end-of-run summary and whether the run is healthy, judged by `checks` on the

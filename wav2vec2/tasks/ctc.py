@@ -74,7 +74,8 @@ class CtcTask(Task):
     best_metric = "wer"
     higher_is_better = False
     interval_weights = {"loss": "utterances", "loss_per_token": "tokens"}
-    console = (("loss", ".2f"), ("loss_per_token", ".3f"), ("blank_frac", ".3f"), ("wer", ".2f"), ("cer", ".2f"))
+    console = (("loss_per_token", "loss/letter", ".3f"), ("blank_frac", "blank", ".3f"), ("wer", "WER", ".2f"),
+               ("cer", "CER", ".2f"))
 
     def __init__(self, cfg: TrainConfig, *, dictionary: Dictionary | None = None) -> None:
         """`dictionary`: the vocabulary of a trained model (from its checkpoint); by default

@@ -50,7 +50,8 @@ class PretrainTaskConfig:
     """Verdict "learned": validation contrastive loss under this fraction of chance (0.65
     bits at K=20, far beyond run-to-run noise)..."""
     learned_accuracy_factor: float = 3.0
-    """...and accuracy above this many times chance, 1/(K+1)."""
+    """...and accuracy above this many times chance: `chance_accuracy`, the mean of
+    1/(candidates not identical to the positive), which is 1/(K+1) when none are."""
 
 
 class PretrainTask(Task):
@@ -60,9 +61,10 @@ class PretrainTask(Task):
     higher_is_better = False
     # Losses over a logging interval are weighted by masked frames, as fairseq's; the
     # perplexities are plain means over forwards.
-    interval_weights = {k: "masked_frames" for k in ("loss", "contrastive", "diversity", "feature_penalty", "accuracy")}
-    console = (("loss", ".3f"), ("contrastive", ".3f"), ("accuracy", ".3f"), ("code_perplexity", ".1f"),
-               ("prob_perplexity", ".1f"), ("temperature", ".3f"))
+    interval_weights = {k: "masked_frames" for k in ("loss", "contrastive", "diversity", "feature_penalty", "accuracy",
+                                                     "chance_accuracy", "identical_negatives")}
+    console = (("contrastive", "contrastive", ".3f"), ("accuracy", "accuracy", ".3f"),
+               ("code_perplexity", "code ppl", ".1f"), ("temperature", "temp", ".3f"))
 
     def build_model(self) -> nn.Module:
         return Wav2Vec2Model(self.cfg.model)
@@ -87,6 +89,9 @@ class PretrainTask(Task):
                      generator=generator)
         loss = pretraining_loss(out, self.cfg.model.loss)
         frames = out.time_mask.numel() if out.padding_mask is None else (~out.padding_mask).sum()
+        # Candidates per masked frame that can win: negatives identical to the positive (the
+        # same codes) get -inf, so chance is 1/(their number), not 1/(K+1).
+        candidates = torch.isfinite(out.logits).sum(dim=-1)  # (N, 1+K) -> (N,)
         sums = {
             "loss": loss.total.detach().float(),
             "contrastive": loss.contrastive.detach(),
@@ -98,6 +103,8 @@ class PretrainTask(Task):
             "code_perplexity": out.code_perplexity.detach().float(),
             "forwards": 1.0,
             "frames": frames,
+            "chance_correct": (1.0 / candidates.double()).sum(),
+            "identical_negatives": (out.logits.shape[1] - candidates).sum(),
         }
         return LossOutput(loss=loss.total, sample_size=loss.sample_size, sums=sums)
 
@@ -114,6 +121,10 @@ class PretrainTask(Task):
             "code_perplexity": sums["code_perplexity"] / sums["forwards"],
             "masked_frac": n / sums["frames"],
             "masked_frames": n,
+            # What accuracy a model that cannot tell the candidates apart would get here, and
+            # the share of negatives equal to their positive (masked to -inf) behind it.
+            "chance_accuracy": sums["chance_correct"] / n,
+            "identical_negatives": sums["identical_negatives"] / (n * self.cfg.model.num_negatives),
             "temperature": gumbel_temperature(num_updates, self.cfg.model.quantizer),
         }
 
@@ -131,16 +142,20 @@ class PretrainTask(Task):
         t, G = self.task_cfg, self.cfg.model.quantizer.num_codebooks
         return {
             "contrastive loss under chance": metrics["contrastive"] < t.learned_fraction * self.chance_bits,
-            "accuracy above chance": metrics["accuracy"] > t.learned_accuracy_factor * self.chance_accuracy,
+            "accuracy above chance": metrics["accuracy"] > t.learned_accuracy_factor * self._chance_accuracy(metrics),
             "codebook not collapsed": metrics["code_perplexity"] > t.collapse_factor * G,
             "accuracy not degenerate": metrics["accuracy"] < 0.99,
         }
 
+    def _chance_accuracy(self, metrics: dict[str, float]) -> float:
+        """Measured (identical negatives excluded) when logged, else 1/(K+1)."""
+        return metrics.get("chance_accuracy", self.chance_accuracy)
+
     def describe(self, metrics: dict[str, float]) -> list[str]:
         G = self.cfg.model.quantizer.num_codebooks
         return [
-            f"  contrastive loss {metrics['contrastive']:.3f} bits   (chance {self.chance_bits:.3f})",
-            f"  accuracy         {metrics['accuracy']:.3f}        (chance {self.chance_accuracy:.3f})",
+            f"  contrastive loss {metrics['contrastive']:.3f} bits   (chance log2(K+1) = {self.chance_bits:.3f})",
+            f"  accuracy         {metrics['accuracy']:.3f}        (chance {self._chance_accuracy(metrics):.3f})",
             f"  code perplexity  {metrics['code_perplexity']:.1f}         (collapse at G = {G})",
         ]
 

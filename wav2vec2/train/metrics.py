@@ -47,11 +47,11 @@ class MetricLogger:
 
     def __init__(
         self, run_dir: Path, *, tensorboard: bool, max_update: int, start_update: int = 0,
-        console: tuple[tuple[str, str], ...] = (),
+        console: tuple[tuple[str, str, str], ...] = (),
     ) -> None:
         """`start_update`: the update the run resumes from. Records logged after it by a run
         that was killed are dropped, so the files read as if the run had never stopped.
-        `console`: (metric, format) pairs shown on the console line, in order."""
+        `console`: (metric, label, format) shown on the console line, in order."""
         self.run_dir = Path(run_dir)
         self.max_update = max_update
         self.console = console
@@ -85,16 +85,18 @@ class MetricLogger:
         log.info(self._console_line(split, num_updates, metrics))
 
     def _console_line(self, split: str, u: int, m: dict[str, float]) -> str:
-        parts = [f"{split:5s} {u:>7d}/{self.max_update}"]
-        for key, fmt in (*self.console, ("lr", ".2e"), ("grad_norm", ".3f"), ("loss_scale", ".0f")):
+        """A short line; everything else is in metrics.jsonl and TensorBoard."""
+        parts = [f"{split:5s} {u:>6d}/{self.max_update}"]
+        for key, label, fmt in (*self.console, ("lr", "lr", ".1e"), ("loss_scale", "loss scale", ".0f")):
             if key in m:
-                parts.append(f"{key} {m[key]:{fmt}}")
+                parts.append(f"{label} {m[key]:{fmt}}")
         if split == "train":
+            if "audio_sec_per_sec" in m:
+                parts.append(f"{m['audio_sec_per_sec']:.0f} audio-s/s")
             if self._u0 is None:
                 self._u0, self._t0 = u, time.monotonic()
             elif u > self._u0:
                 rate = (u - self._u0) / (time.monotonic() - self._t0)
-                parts.append(f"{rate * 60:.1f} upd/min")
                 parts.append(f"ETA {_hms((self.max_update - u) / rate)}")
         return " | ".join(parts)
 
