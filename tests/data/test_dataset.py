@@ -57,8 +57,15 @@ def test_min_sample_size_filters_and_logs(manifest, corpus, caplog):
     with caplog.at_level(logging.INFO, logger="wav2vec2.data.dataset"):
         ds = RawAudioDataset(manifest, min_sample_size=cut)
     assert len(ds) == len(files) - 4 and ds.num_dropped == 4
-    assert "dropped 4 of 12" in caplog.text
+    # Says which limit, in seconds too, and how to change it; a minority is only INFO.
+    assert f"left out 4 of 12 files" in caplog.text and f"min_sample_size={cut} samples" in caplog.text
+    assert "data.min_sample_size" in caplog.text and "lower it" in caplog.text
+    assert [r.levelname for r in caplog.records] == ["INFO"]
     assert ds.sizes.min() >= cut
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="wav2vec2.data.dataset"):
+        RawAudioDataset(manifest, min_sample_size=sorted(files.values())[8])  # most files go: loud
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "left out 8 of 12" in caplog.text
     with pytest.raises(ValueError, match="shorter than min_sample_size"):
         RawAudioDataset(manifest, min_sample_size=10**9)
 

@@ -216,8 +216,14 @@ def test_channel_mask_statistics():
     assert abs(got.mean() - ref.mean()) < 0.02
 
 
-def test_mask_is_bool_on_the_requested_device():
-    # The generator's device decides where the draw happens; CPU here, CUDA for users.
-    g = torch.Generator(device="cpu").manual_seed(0)
-    m = compute_span_mask((2, 100), mask_prob=0.65, mask_len=10, generator=g, device="cpu")
-    assert m.dtype == torch.bool and m.device.type == "cpu"
+@pytest.mark.parametrize("kw", [{}, {"no_overlap": True}, {"selection": "uniform", "other": 2},
+                                {"mask_dropout": 0.2}, {"require_same_masks": False}])
+def test_every_tensor_stays_on_the_requested_device(kw):
+    """On the meta device (no data, no GPU needed) any intermediate made on the CPU instead of
+    `device` fails to combine with the others: the check a CUDA run would make."""
+    m = compute_span_mask((3, 100), mask_prob=0.65, mask_len=10, device="meta", **kw)
+    assert m.dtype == torch.bool and m.device.type == "meta" and m.shape == (3, 100)
+    padded = compute_span_mask((3, 100), mask_prob=0.65, mask_len=10,
+                               padding_mask=torch.zeros(3, 100, dtype=torch.bool, device="meta"), **kw)
+    assert padded.device.type == "meta"
+    assert compute_channel_mask(3, 64, mask_prob=0.5, mask_len=8, device="meta").device.type == "meta"

@@ -132,5 +132,7 @@ def test_slurm_launcher_composes() -> None:
     launcher = cfg.hydra.launcher
     assert "submitit" in launcher._target_ and "Slurm" in launcher._target_
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (8, 8, 8)
-    # The run directory holds Hydra's files too; nothing is written to ./outputs.
-    assert OmegaConf.select(cfg, "hydra.run.dir", throw_on_missing=False) is not None
+    # Hydra writes no files of its own for a run (no ./outputs, no run_dir/hydra: what a
+    # failed start would leave behind, see test_cli.py); a sweep keeps its job files in the run.
+    assert cfg.hydra.run.dir == "." and cfg.hydra.output_subdir is None and cfg.hydra.job.chdir is False
+    assert cfg.hydra.sweep.dir == "/runs/x/hydra_multirun"

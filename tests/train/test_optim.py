@@ -1,11 +1,13 @@
-"""Learning-rate schedules: tri_stage against hand-computed values and a stateful reference,
-dispatch on `optim.schedule`, and `validate_schedule`."""
+"""Learning-rate schedules (tri_stage against hand-computed values and a stateful reference,
+polynomial_decay to the last bit), dispatch on `optim.schedule`, `validate_schedule`, and
+which parameters the optimizer steps."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+import torch
 from torch import nn
 
 from wav2vec2.train.config import OptimConfig, validate_schedule
@@ -199,7 +201,7 @@ def test_lr_at_dispatches_on_schedule() -> None:
     poly = OptimConfig(lr=LR, warmup_updates=10, max_update=100)  # the default schedule
     assert poly.schedule == "polynomial_decay"
     tri_cfg = tri()
-    assert lr_at(0, poly) == LR / 10 != lr_at(0, tri_cfg)
+    assert lr_at(1, poly) == LR / 10 != lr_at(1, tri_cfg)
     for u in (0, 5, 10, 50, 75, 100, 120):
         assert lr_at(u, poly) == polynomial_decay_lr(u, poly)
         assert lr_at(u, tri_cfg) == tri_stage_lr(u, tri_cfg)
@@ -207,10 +209,11 @@ def test_lr_at_dispatches_on_schedule() -> None:
 
 def test_polynomial_decay_floats_unchanged() -> None:
     """polynomial_decay is pinned to the last bit (a golden trajectory depends on it): these
-    literals are what the schedule returned before tri_stage was added. lr * u / warmup and
-    lr / warmup * u differ at u=3 and u=6 here."""
+    literals are what the schedule returned before tri_stage was added, except at u=0, which
+    is 0 since the first update follows fairseq (lr 0). lr * u / warmup and lr / warmup * u
+    differ at u=3 and u=6 here."""
     cfg = OptimConfig(lr=1e-3, warmup_updates=13, max_update=100, end_lr=1e-7, power=1.5)
-    expected = {0: 7.692307692307693e-05, 1: 7.692307692307693e-05, 3: 0.00023076923076923076,
+    expected = {0: 0.0, 1: 7.692307692307693e-05, 3: 0.00023076923076923076,
                 6: 0.00046153846153846153, 13: 0.001, 14: 0.0009828099793807747,
                 26: 0.0007844777558954492, 29: 0.0007372658579375048, 50: 0.0004357449619393939,
                 99: 1.3321900271084012e-06, 100: 1e-07, 101: 1e-07}
@@ -284,10 +287,29 @@ def test_validate_ignores_tri_stage_keys_for_polynomial_decay() -> None:
 
 def test_lr_schedule_is_fairseq_polynomial_decay() -> None:
     cfg = OptimConfig(lr=5e-4, warmup_updates=32_000, max_update=400_000)
-    assert lr_at(0, cfg) == 5e-4 / 32_000  # before the first update
+    assert lr_at(0, cfg) == 0.0  # the first update: fairseq's step_update(0) before it
     assert lr_at(1, cfg) == 5e-4 / 32_000
     assert lr_at(16_000, cfg) == pytest.approx(2.5e-4)
     assert lr_at(32_000, cfg) == pytest.approx(5e-4)
     assert lr_at(216_000, cfg) == pytest.approx(2.5e-4)  # halfway down
     assert lr_at(400_000, cfg) == 0.0 and lr_at(500_000, cfg) == 0.0
     assert lr_at(0, OptimConfig(lr=1.0, warmup_updates=0, max_update=10)) == 1.0
+
+
+def test_layers_dropped_in_an_update_get_no_optimizer_step(make_tiny_cfg) -> None:
+    """LayerDrop: a layer skipped on every rank has no gradient, and torch's Adam leaves it
+    alone (no moment decay, no weight decay), as fairseq's fp32 Adam does. fairseq's fp16
+    optimizer instead steps it with a zero gradient; README "Where this project departs"."""
+    from wav2vec2.tasks import build_task
+    from wav2vec2.train.trainer import Trainer
+
+    cfg = make_tiny_cfg("model.transformer.layerdrop=1.0", "optim.max_update=2", "train.validate_every=0",
+                        "data.valid_subset=", "checkpoint.save_every=100")
+    trainer = Trainer(cfg, build_task(cfg))
+    layers = {k: v.clone() for k, v in trainer.model.encoder.layers.state_dict().items()}
+    others = {k: v.clone() for k, v in trainer.model.feature_encoder.state_dict().items()}
+    trainer.fit()
+    assert all(torch.equal(v, trainer.model.encoder.layers.state_dict()[k]) for k, v in layers.items())
+    assert not all(torch.equal(v, trainer.model.feature_encoder.state_dict()[k]) for k, v in others.items())
+    layer_params = {id(p) for p in trainer.model.encoder.layers.parameters()}
+    assert not any(id(p) in layer_params for p in trainer.optimizer.state)  # no Adam state at all

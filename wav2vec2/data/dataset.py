@@ -70,16 +70,18 @@ class RawAudioDataset(torch.utils.data.Dataset):
         # Keep the manifest line of each item so errors can point at it (+2: 1-based, root line).
         keep = [i for i, (_, n) in enumerate(entries) if n >= min_keep]
         num_dropped = len(entries) - len(keep)
+        limit = (f"min_sample_size={min_sample_size} samples ({min_sample_size / sample_rate:.2f} s at "
+                 f"{sample_rate} Hz; data.min_sample_size in a training config)")
         if num_dropped:
-            logger.info(
-                "%s: dropped %d of %d files shorter than min_sample_size=%d",
-                self.manifest_path, num_dropped, len(entries), min_sample_size,
+            dropped_sec = sum(n for _, n in entries) - sum(entries[i][1] for i in keep)
+            # fairseq drops them the same way; most of a corpus going is usually a wrong setting.
+            level = logging.WARNING if num_dropped * 2 > len(entries) else logging.INFO
+            logger.log(
+                level, "%s: left out %d of %d files (%.1f min of audio) shorter than %s; lower it to keep them",
+                self.manifest_path, num_dropped, len(entries), dropped_sec / sample_rate / 60, limit,
             )
         if not keep:
-            raise ValueError(
-                f"{self.manifest_path}: all {len(entries)} files are shorter than "
-                f"min_sample_size={min_sample_size}"
-            )
+            raise ValueError(f"{self.manifest_path}: all {len(entries)} files are shorter than {limit}")
         self.paths = [entries[i][0] for i in keep]
         self.lines = np.asarray(keep, dtype=np.int64) + 2
         self.manifest_sizes = np.array([entries[i][1] for i in keep], dtype=np.int64)

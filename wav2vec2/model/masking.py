@@ -26,11 +26,11 @@ def compute_span_mask(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     padding_mask: Tensor | None = None,
-    min_masks: int = 0,
+    min_masks: int = 2,
     selection: str = "static",
     other: float = 0.0,
     no_overlap: bool = False,
-    min_space: int = 0,
+    min_space: int = 1,
     require_same_masks: bool = True,
     mask_dropout: float = 0.0,
 ) -> Tensor:
@@ -42,6 +42,9 @@ def compute_span_mask(
     `require_same_masks`, every row keeps a random subset of the smallest row's masked
     count, so targets can be reshaped to (B, M, C). Padding must be right-aligned and is
     never masked.
+
+    The defaults are `MaskingConfig`'s, fairseq's pretraining values (min_masks 2 is
+    hard-coded in fairseq's model; min_space 1).
 
     Shape: padding_mask (B, T), True = pad. Returns (B, T) bool.
     """
@@ -235,7 +238,7 @@ def compute_channel_mask(
     selection: str = "static",
     other: float = 0.0,
     no_overlap: bool = False,
-    min_space: int = 0,
+    min_space: int = 1,
 ) -> Tensor:
     """Channel mask (fairseq `mask_channel_*`): span masking over channels with min_masks 0.
 

@@ -213,7 +213,9 @@ class Wav2Vec2Model(nn.Module):
             )
             return m.unsqueeze(1)  # (B, D) -> (B, 1, D), the same channels at every frame
 
-        use_channels = self.training and mcfg.channel_prob > 0
+        # Whenever masking is asked for, as fairseq (its pretraining validation masks too);
+        # fine-tuning only asks while training.
+        use_channels = mcfg.channel_prob > 0
         if use_channels and mcfg.channel_before:
             x = x.masked_fill(channel_mask(), 0.0)
         if time_mask is None and mcfg.mask_prob > 0:
@@ -297,16 +299,18 @@ class Wav2Vec2Model(nn.Module):
         source: Tensor,
         padding_mask: Tensor | None = None,
         *,
-        temperature: float,
+        temperature: float | None = None,
         generator: torch.Generator | None = None,
         time_mask: Tensor | None = None,
         negative_indices: Tensor | None = None,
     ) -> Wav2Vec2Output:
         """One pretraining forward.
 
-        `generator` (on source's device) drives masking, negatives and Gumbel noise; dropout
-        and LayerDrop use torch's global RNG. `time_mask` and `negative_indices` override
-        the random draws (for tests and equivalence checks).
+        `temperature` is the Gumbel temperature; the trainer passes the schedule's value for
+        the current update (`gumbel_temperature`), None means its value at update 0
+        (`quantizer.max_temp`). `generator` (on source's device) drives masking, negatives
+        and Gumbel noise; dropout and LayerDrop use torch's global RNG. `time_mask` and
+        `negative_indices` override the random draws (for tests and equivalence checks).
 
         Shape: source (B, L) float, padding_mask (B, L) bool True = pad,
         time_mask (B, T) bool, negative_indices (B, M, K) long.
@@ -314,6 +318,8 @@ class Wav2Vec2Model(nn.Module):
         if self.quantizer is None or self.project_q is None or self.final_proj is None:
             raise RuntimeError("the pretraining modules were removed: use encode(), or a "
                                "model that still has its quantizer")
+        if temperature is None:
+            temperature = self.cfg.quantizer.max_temp
         enc, feature_penalty, unmasked = self._encode(
             source, padding_mask, mask=True, generator=generator, time_mask=time_mask, pretraining=True)
         context, time_mask = enc.x, enc.time_mask  # (B, T, D), (B, T)

@@ -44,12 +44,13 @@ def lr_at(num_updates: int, cfg: OptimConfig) -> float:
 
 def polynomial_decay_lr(num_updates: int, cfg: OptimConfig) -> float:
     """fairseq's `polynomial_decay`: linear warmup to the peak, then (1 - progress)**power
-    decay to `end_lr` at `max_update`. fairseq sets lr = peak * u / warmup *after* update u,
-    and peak / warmup before the first, hence max(u, 1).
+    decay to `end_lr` at `max_update`. fairseq sets lr = peak * u / warmup after update u,
+    and its trainer calls that with u = 0 before the first update (`lr_step_begin_epoch`),
+    so the first update has lr 0, as here.
     """
     u, warmup = num_updates, cfg.warmup_updates
     if warmup > 0 and u <= warmup:
-        return cfg.lr * max(u, 1) / warmup
+        return cfg.lr * u / warmup
     if u >= cfg.max_update:
         return cfg.end_lr
     progress = (u - warmup) / (cfg.max_update - warmup)
