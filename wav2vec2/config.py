@@ -1,7 +1,7 @@
 """Configuration dataclasses for the wav2vec 2.0 model.
 
 Defaults are the BASE recipe of the paper as fairseq ships it
-(`wav2vec2_base_librispeech.yaml`, see `shared/reference/wav2vec2_spec.md` §1.4): where the
+(`examples/wav2vec/config/pretraining/wav2vec2_base_librispeech.yaml`): where the
 recipe overrides a fairseq dataclass default, the recipe value is the default here and the
 field says so. `large()` and `tiny()` derive the other presets.
 

@@ -44,7 +44,7 @@ def test_batch_by_size_matches_definition(trial):
 
 
 def test_spec_example_batch_sizes():
-    # Spec §5: max_tokens 1.4M gives batches of 5 for 15.6 s clips, 8 (not 14) for 6.25 s.
+    # fairseq's batch_by_size: max_tokens 1.4M gives batches of 5 for 15.6 s clips, 8 (not 14) for 6.25 s.
     for clip, want in ((250_000, 5), (100_000, 8)):
         sizes = np.full(64, clip)
         got = batch_by_size(np.arange(64), sizes, max_tokens=1_400_000, required_batch_size_multiple=8)

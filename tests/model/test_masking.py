@@ -1,5 +1,5 @@
 """Span masking against a slow, loop-by-loop reference of fairseq's compute_mask_indices
-(the paper-era version plus the #3266 fix, spec §2), written here with NumPy.
+(the paper-era version plus the #3266 fix: fairseq `compute_mask_indices`), written here with NumPy.
 
 The vectorised torch version draws from a different RNG, so the two are compared in
 distribution (masked fraction, run lengths, per-frame rates), plus exact invariants.
@@ -92,11 +92,11 @@ def ours(shape, seed, **kw):
 
 
 def test_paper_setting_masks_49_percent_with_equal_rows():
-    # p=0.65, M=10, T=781 (a 250k-sample crop): spec §2 gives ~49.0% per utterance.
+    # p=0.65, M=10, T=781 (a 250k-sample crop): fairseq's algorithm gives ~49.0% per utterance.
     single = [ours((1, 781), seed, mask_prob=0.65, mask_len=10, min_masks=2).mean() for seed in range(300)]
     assert abs(np.mean(single) - 0.49) < 0.01
     # In a batch every row keeps the smallest row's count, which lowers the fraction a
-    # little more (spec §2 step 5); the reference loop shows the same ~0.467 at B=4.
+    # little more (the equalisation step); the reference loop shows the same ~0.467 at B=4.
     rng = np.random.default_rng(0)
     batched, ref = [], []
     for seed in range(300):

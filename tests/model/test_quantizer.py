@@ -98,7 +98,7 @@ def test_temperature_is_a_function_of_updates():
     cfg = base().quantizer
     assert gumbel_temperature(0, cfg) == 2.0
     assert gumbel_temperature(1000, cfg) == pytest.approx(2.0 * 0.999995**1000)
-    # BASE reaches its 0.5 floor near update 277,258 (spec §3); LARGE 0.1 near 599,145.
+    # BASE reaches its 0.5 floor near update 277,258 (max(2 * 0.999995**u, 0.5)); LARGE 0.1 near 599,145.
     assert gumbel_temperature(277_000, cfg) > 0.5
     assert gumbel_temperature(277_300, cfg) == 0.5
     lcfg = large().quantizer

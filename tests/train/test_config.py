@@ -54,7 +54,7 @@ def test_model_presets_are_defined_once_in_python(compose_preset) -> None:
     assert compose_preset("tiny", [*REQUIRED, "model=large"]).model == large()
 
 
-# spec §8's table: update_freq x GPUs, max_update, lr, mask_prob, channel prob, layerdrop, freeze
+# fairseq's finetuning/base_*.yaml: update_freq x GPUs, max_update, lr, mask_prob, channel prob, layerdrop, freeze
 CTC_RECIPES = {
     "ctc_base_10m": (8, 13_000, 5e-5, 0.65, 0.25, 0.1, 10_000),
     "ctc_base_1h": (8, 13_000, 5e-5, 0.65, 0.25, 0.1, 10_000),

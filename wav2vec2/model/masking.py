@@ -1,7 +1,7 @@
 """Span masking of latent frames (paper §3.1) and of channels, as pure functions.
 
 Semantics follow fairseq's `compute_mask_indices` in the version the paper used plus the
-#3266 fix (spec §2), vectorised over the batch in torch on the input's device and driven by
+#3266 fix (fairseq `data/data_utils.py`), vectorised over the batch in torch on the input's device and driven by
 an explicit `torch.Generator`. The random streams differ from fairseq's NumPy ones, so masks
 match in distribution, not draw for draw.
 

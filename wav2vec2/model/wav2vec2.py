@@ -141,7 +141,8 @@ class Wav2Vec2Model(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """Every initialisation, in one place (spec §1.2-1.3):
+        """Every initialisation, in one place (fairseq `ConvFeatureExtractionModel`, `init_bert_params`,
+        `GumbelVectorQuantizer`):
 
         - feature-encoder convs: Kaiming-normal weights (bias, if any: PyTorch default);
         - encoder Linears (q/k/v/out, fc1, fc2): N(0, 0.02), bias 0; LayerNorms 1/0;

@@ -2,7 +2,7 @@
 
 The model is `Wav2Vec2Ctc`: a pretrained encoder (this project's checkpoint or a
 transformers directory, `task.init`; or random, for comparisons) and a Linear to the letter
-vocabulary of `dict.ltr.txt`. As fairseq (spec §8):
+vocabulary of `dict.ltr.txt`. As fairseq (`models/wav2vec/wav2vec2_asr.py`, `criterions/ctc.py`):
 
 - the architecture comes from the pretrained model; dropouts, masks, LayerDrop and
   `feature_grad_mult` come from this run's `model` section (the recipes' fine-tuning
@@ -107,7 +107,7 @@ class CtcTask(Task):
             if normalize is not None and normalize != d.normalize:
                 raise ValueError(
                     f"data.normalize={d.normalize} but {t.init} was pretrained with normalize={normalize}: "
-                    "fine-tune with the normalisation the model was pretrained with (spec §8)")
+                    "fine-tune with the normalisation the model was pretrained with (fairseq asserts the same)")
             # The shapes come from the pretrained model, everything else from this config.
             self.cfg.model = with_architecture(self.cfg.model, pretrained)
             self._init_weights = weights

@@ -2,7 +2,7 @@
 
 The model is `Wav2Vec2Model` from `cfg.model`; the loss is contrastive + weighted diversity
 + weighted feature penalty, summed over masked frames (the sample size), at the Gumbel
-temperature of the current update. Logged as fairseq logs it (spec §7): losses in bits per
+temperature of the current update. Logged as fairseq logs it (`criterions/wav2vec_criterion.py`): losses in bits per
 masked frame, accuracy by fairseq's rule, code and prob perplexity as plain means over
 forwards (per GPU and micro-batch).
 
@@ -160,7 +160,8 @@ class PretrainTask(Task):
         ]
 
     def health(self, history: list[dict[str, Any]]) -> list[str]:
-        """The failure modes users report most (spec §10 rows 1-2):
+        """The failure modes users report most (fairseq issues #3661, #3718 for
+        the first; #3687, #3735, #4530 for the collapse):
 
         - code perplexity near G: every frame of a codebook picks the same entry (collapse);
         - accuracy at 1: usually that collapse, negatives equal to the positive get -inf;
@@ -192,6 +193,6 @@ class PretrainTask(Task):
             warnings.append(
                 f"not learning: contrastive loss {record['contrastive']:.3f} bits is still at chance "
                 f"(log2(K+1) = {self.chance_bits:.3f}) at update {record['num_updates']}; lower "
-                "optim.lr or raise the batch (optim.update_freq) - spec §10 row 1"
+                "optim.lr or raise the batch (optim.update_freq) (fairseq issues #3661, #3718)"
             )
         return warnings

@@ -1,6 +1,6 @@
 """Training configuration: the schema every Hydra YAML under `configs/` overrides.
 
-Defaults are the BASE pretraining recipe (`wav2vec2_base_librispeech.yaml`, spec §6): the
+Defaults are the BASE pretraining recipe (fairseq's `wav2vec2_base_librispeech.yaml`): the
 presets in `configs/` only list what differs. The `task` section is the chosen task's own
 dataclass (`wav2vec2.tasks`: `pretrain`, `ctc`). `validate()` checks values the type
 system cannot and derives `update_freq` from `distributed.simulated_world_size`; it raises
@@ -23,7 +23,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 @dataclass
 class DataConfig:
-    """Where the audio is and how it is batched (spec §5)."""
+    """Where the audio is and how it is batched (fairseq `FileAudioDataset`, `batch_by_size`)."""
 
     manifest_dir: str = MISSING
     """Directory holding `{train_subset}.tsv` and `{valid_subset}.tsv` manifests."""
@@ -57,7 +57,7 @@ SCHEDULES = ("polynomial_decay", "tri_stage")
 @dataclass
 class OptimConfig:
     """Adam with decoupled weight decay and a learning-rate schedule: warmup + polynomial
-    decay for pretraining (spec §6), fairseq's tri-stage for fine-tuning (spec §8)."""
+    decay for pretraining, fairseq's tri-stage for fine-tuning."""
 
     lr: float = 5e-4
     """Peak learning rate (BASE 5e-4)."""
@@ -109,7 +109,7 @@ class DistributedConfig:
 
 @dataclass
 class PrecisionConfig:
-    """Numeric precision (spec §6 "Precision and stability")."""
+    """Numeric precision (fairseq `--fp16`, `FP16Optimizer`)."""
 
     dtype: str = "fp32"
     """"fp32", "bf16" (autocast, no scaling) or "fp16" (autocast + dynamic loss scaling).
@@ -149,7 +149,7 @@ class CheckpointConfig:
 
 @dataclass
 class LoggingConfig:
-    """Metrics: `metrics.jsonl`, TensorBoard events and a console line (spec §7)."""
+    """Metrics: `metrics.jsonl`, TensorBoard events and a console line."""
 
     log_every: int = 200
     """Log averaged training metrics every this many updates (fairseq 200)."""

@@ -1,4 +1,6 @@
-"""Optimizer, learning-rate schedules and fp16 loss scaling (spec §6, §8).
+"""Optimizer, learning-rate schedules and fp16 loss scaling (fairseq `optim/adam.py`,
+`optim/lr_scheduler/polynomial_decay_schedule.py` and `tri_stage_lr_scheduler.py`,
+`optim/dynamic_loss_scaler.py`).
 
 Each schedule is a pure function of the update count, so there is no scheduler object to
 checkpoint and a skipped fp16 update cannot advance it by accident.

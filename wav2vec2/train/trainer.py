@@ -5,7 +5,7 @@ metrics. The loop owns everything else: devices, DDP, gradient accumulation with
 precision and loss scaling, clipping, the lr schedule, checkpoints, exact resume, logging
 and the validation cadence.
 
-Gradient semantics are fairseq's (spec §4): every rank back-propagates the *sum* of the
+Gradient semantics are fairseq's (`trainer.py`, `train_step`): every rank back-propagates the *sum* of the
 loss over its micro-batches; after accumulation the gradients (averaged over ranks by DDP)
 are multiplied by world_size / n_global, with n_global the all-reduced sample size (masked
 frames in pretraining, utterances in CTC fine-tuning). The update is therefore
