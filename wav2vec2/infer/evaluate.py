@@ -2,6 +2,7 @@
 
     python -m wav2vec2.infer.evaluate runs/ft/checkpoint_best.pt --subset test
     python -m wav2vec2.infer.evaluate CKPT --manifest-dir DIR --subset test --hypotheses out.txt
+    python -m wav2vec2.infer.evaluate CKPT_A CKPT_B --subset test --json results.json
 
 The model, its vocabulary and its data settings (sample rate, normalisation) come from the
 checkpoint; the transcripts from `{subset}.ltr` beside `{subset}.tsv`. Greedy decoding, the
@@ -11,6 +12,7 @@ same as validation during fine-tuning, so the numbers compare with the training 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,24 +85,38 @@ def evaluate_ctc(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, help="a CTC checkpoint (checkpoint_best.pt of a fine-tuning run)")
+    parser.add_argument("checkpoints", type=Path, nargs="+",
+                        help="CTC checkpoints (checkpoint_best.pt of fine-tuning runs); several are compared")
     parser.add_argument("--subset", default="test", help="manifest subset to score (default: test)")
-    parser.add_argument("--manifest-dir", default=None, help="default: the one the model was trained on")
-    parser.add_argument("--hypotheses", type=Path, default=None, help="write one hypothesis per line here")
+    parser.add_argument("--manifest-dir", default=None, help="default: the one each model was trained on")
+    parser.add_argument("--hypotheses", type=Path, default=None,
+                        help="write one hypothesis per line here (one checkpoint only)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     args = parser.parse_args(argv)
-    try:
-        result = evaluate_ctc(args.checkpoint, subset=args.subset, manifest_dir=args.manifest_dir)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    c = result.counts
-    print(f"{args.subset}: {result.utterances} utterances, {c['words']} words: "
-          f"WER {result.wer:.2f}% ({c['word_errors']} errors), CER {result.cer:.2f}% ({c['char_errors']} errors)")
-    if args.hypotheses is not None:
-        tmp = args.hypotheses.with_name(args.hypotheses.name + ".tmp")
-        tmp.write_text("".join(h + "\n" for h in result.hypotheses))
-        tmp.replace(args.hypotheses)
+    if args.hypotheses is not None and len(args.checkpoints) > 1:
+        parser.error("--hypotheses takes a single checkpoint")
+    results = {}
+    for path in args.checkpoints:
+        try:
+            result = evaluate_ctc(path, subset=args.subset, manifest_dir=args.manifest_dir)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        c = result.counts
+        print(f"{path}: {args.subset}, {result.utterances} utterances, {c['words']} words: "
+              f"WER {result.wer:.2f}% ({c['word_errors']} errors), CER {result.cer:.2f}% ({c['char_errors']} errors)")
+        results[str(path)] = {"wer": result.wer, "cer": result.cer, "utterances": result.utterances, **c}
+        if args.hypotheses is not None:
+            _write_atomic(args.hypotheses, "".join(h + "\n" for h in result.hypotheses))
+    if args.json is not None:
+        _write_atomic(args.json, json.dumps({"subset": args.subset, "results": results}, indent=1) + "\n")
     return 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -292,3 +292,24 @@ def test_cli_finetune_splits(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(asterisk, "make_finetune_splits", lambda *a, **k: pytest.fail("not asked for"))
     assert asterisk.main(["--out", corpus]) == 0  # unchanged without --finetune-splits
+
+
+def test_long_prompts_are_only_pretrained_on(tmp_path):
+    """Prompts over max_seconds stay out of every fine-tuning split (they would set the batch
+    budget for all the short ones) but are still pretraining audio."""
+    corpus_dir = str(tmp_path / "corpus")
+    corpus = _fake_corpus(corpus_dir)  # English prompts of 1-3 s
+    out = str(tmp_path / "splits")
+    limit = 2.5
+    summary = make_finetune_splits(corpus_dir, out, seed=1, max_seconds=limit, test_minutes=0.1, dev_minutes=0.1,
+                                   train_minutes=0.2)
+    finetuned = [row for name in ("train", "dev", "test") for row in _read_split(os.path.join(out, "finetune_en", name))]
+    assert finetuned and all(n <= limit * 16000 for _, n, _, _ in finetuned)
+    long_en = {rel for rel, (_, _, n, lang) in corpus.items() if lang == "en" and n > limit * 16000}
+    assert long_en
+    pretrained = {rel for split in ("train", "valid")
+                  for rel, _ in read_manifest(os.path.join(out, "pretrain", f"{split}.tsv"))[1]}
+    assert long_en <= pretrained
+    assert summary.unused.num_utterances >= len(long_en)
+    with pytest.raises(ValueError, match="max_seconds"):
+        make_finetune_splits(corpus_dir, str(tmp_path / "x"), max_seconds=0, **_BUDGETS)

@@ -291,7 +291,7 @@ class FinetuneSplits:
                  f"{self.num_texts} distinct texts):"]
         lines += [f"  {name:5s} {stats}" for name, stats in self.finetune.items()]
         lines.append(f"  test has {self.test_words} words, {self.test_letters} letters (not counting |)")
-        lines.append(f"  unused {self.unused} (pretraining only)")
+        lines.append(f"  unused {self.unused} (pretraining only: the rest, and prompts over the length limit)")
         if self.coverage:
             forced = " ".join(self.coverage)
             lines.append(f"  train starts with a group for each dev/test letter it would miss: {forced}")
@@ -308,6 +308,7 @@ def make_finetune_splits(
     train_minutes: float = 10.0,
     dev_minutes: float = 2.0,
     test_minutes: float = 4.0,
+    max_seconds: float = 12.0,
     seed: int = 1,
 ) -> FinetuneSplits:
     """Cut the low-resource experiment out of a prepared corpus.
@@ -334,6 +335,10 @@ def make_finetune_splits(
     raises rather than move a group out of test, which would leave test short of its
     minutes. Everything is checked before anything is written, and each file is written to
     a tmp file and renamed.
+
+    Prompts longer than `max_seconds` (a few of 30 s) take no part in fine-tuning or its
+    test, only in pretraining: one of them would set the batch budget (`data.max_tokens`)
+    for all the 1-2 s others.
     """
     budgets = {"test": test_minutes * 60, "dev": dev_minutes * 60, "train": train_minutes * 60}
     for name, seconds in budgets.items():
@@ -344,6 +349,10 @@ def make_finetune_splits(
     if not ours:
         found = ", ".join(sorted({_language(u.relpath) for u in utts}))
         raise ValueError(f"no {language!r} utterances in {corpus} (it has: {found})")
+    if not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    too_long = [u for u in ours if u.num_samples > max_seconds * SAMPLE_RATE]
+    ours = [u for u in ours if u.num_samples <= max_seconds * SAMPLE_RATE]
 
     by_text: dict[str, list[_Labelled]] = collections.defaultdict(list)
     for u in ours:
@@ -351,7 +360,8 @@ def make_finetune_splits(
 
     def too_little(detail: str = "") -> ValueError:
         return ValueError(
-            f"{language!r} has {_seconds(ours) / 60:.1f} min in {len(ours)} utterances ({len(by_text)} texts), "
+            f"{language!r} has {_seconds(ours) / 60:.1f} min in {len(ours)} utterances of at most {max_seconds:g} s "
+            f"({len(by_text)} texts), "
             f"too little for test {test_minutes:g} + dev {dev_minutes:g} + train {train_minutes:g} min in whole "
             f"prompt groups{detail}; ask for fewer minutes"
         )
@@ -415,7 +425,7 @@ def make_finetune_splits(
         seed=seed,
         num_texts=len(by_text),
         finetune={name: SplitStats.of(split_utts) for name, split_utts in chosen.items()},
-        unused=SplitStats.of([u for u in ours if u.relpath not in used]),
+        unused=SplitStats.of([u for u in ours if u.relpath not in used] + too_long),
         pretrain={split: SplitStats.of(split_utts) for split, split_utts in pretrain.items()},
         test_words=sum(len(u.wrd.split()) for u in chosen["test"]),
         test_letters=sum(c != "|" for u in chosen["test"] for c in u.ltr.split()),
@@ -480,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     low.add_argument("--train-minutes", type=float, default=10.0)
     low.add_argument("--dev-minutes", type=float, default=2.0)
     low.add_argument("--test-minutes", type=float, default=4.0)
+    low.add_argument("--max-seconds", type=float, default=12.0,
+                     help="longer prompts are only pretrained on")
     low.add_argument("--finetune-seed", type=int, default=1, help="seed of this split (--seed: the corpus's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -493,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
                 train_minutes=args.train_minutes,
                 dev_minutes=args.dev_minutes,
                 test_minutes=args.test_minutes,
+                max_seconds=args.max_seconds,
                 seed=args.finetune_seed,
             )
             print(splits)
