@@ -298,3 +298,11 @@ def test_init_from_a_transformers_directory(make_ctc_cfg, tmp_path: Path) -> Non
     assert torch.equal(model.wav2vec2.encoder.layers[2].fc2.weight, ours.encoder.layers[2].fc2.weight)
     with pytest.raises(ValueError, match="normalize"):
         build_task(make_ctc_cfg(f"task.init={tmp_path / 'hf'}", "data.normalize=true")).prepare()
+
+
+def test_best_checkpoint_metric_is_configurable(make_ctc_cfg) -> None:
+    assert build_task(make_ctc_cfg()).best_metric == "wer"  # fairseq's recipes
+    task = build_task(make_ctc_cfg("task.best_metric=cer"))
+    assert task.best_metric == "cer" and not task.higher_is_better
+    with pytest.raises(ValueError, match="task.best_metric"):
+        build_task(make_ctc_cfg("task.best_metric=accuracy"))

@@ -61,6 +61,10 @@ class CtcTaskConfig:
     """Dropout before the output Linear (fairseq `final_dropout`)."""
     freeze_finetune_updates: int = 0
     """Updates during which the whole encoder is frozen and only the output layer trains."""
+    best_metric: str = "wer"
+    """The validation metric that picks checkpoint_best.pt: "wer" (fairseq's recipes) or
+    "cer"; lower is better. Where WER is stuck near 100% (a few minutes of labels, a small
+    model), an empty output scores best on it, and CER is the one that tells models apart."""
     num_examples: int = 3
     """Validation hypotheses logged next to their references."""
     only_blanks_after: float = 0.25
@@ -85,6 +89,9 @@ class CtcTask(Task):
         if d.max_sample_size:
             raise ValueError(f"data.max_sample_size must be 0 for CTC fine-tuning (got {d.max_sample_size}): "
                              "cropping would cut audio away from its transcript")
+        if t.best_metric not in ("wer", "cer"):
+            raise ValueError(f"task.best_metric must be 'wer' or 'cer', got {t.best_metric!r}")
+        self.best_metric = t.best_metric
         self.dictionary_path = Path(t.dictionary or Path(d.manifest_dir) / f"dict.{t.labels}.txt")
         self._dictionary = dictionary
         self._init_weights: dict[str, torch.Tensor] | None = None
