@@ -15,11 +15,14 @@
 #    two cores and with the same updates: from the pretrained model, and from random weights;
 # 5. scores each run's best checkpoint (by dev CER) on the test prompts and prints both.
 # Runs go to $W2V_RUN (default runs/finetune_demo); rerunning resumes or reuses them.
+# W2V_PRETRAIN_UPDATES / W2V_FINETUNE_UPDATES shorten it (the tests run a few of each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${W2V_DATA:-data/asterisk}
 SPLITS=${DATA}-lowres
 RUN=${W2V_RUN:-runs/finetune_demo}
+PRETRAIN_UPDATES=${W2V_PRETRAIN_UPDATES:-5000}
+FINETUNE_UPDATES=${W2V_FINETUNE_UPDATES:-8000}
 start=$(date +%s)
 
 if [ -n "${W2V_PYTHON:-}" ]; then
@@ -33,15 +36,15 @@ fi
 echo "== preparing the corpus in $DATA and the low-resource splits in $SPLITS"
 "$PY" scripts/prepare_asterisk.py --out "$DATA" --finetune-splits "$SPLITS"
 
-echo "== pretraining configs/demo.yaml for 5,000 updates on the unlabelled audio ($SPLITS/pretrain)"
+echo "== pretraining configs/demo.yaml for $PRETRAIN_UPDATES updates on the unlabelled audio ($SPLITS/pretrain)"
 OMP_NUM_THREADS=2 "$PY" scripts/train.py --config-name demo data.manifest_dir="$SPLITS/pretrain" \
-    run_dir="$RUN/pretrain" optim.max_update=5000 train.validate_every=250 checkpoint.save_every=1000
+    run_dir="$RUN/pretrain" optim.max_update="$PRETRAIN_UPDATES" train.validate_every=250 checkpoint.save_every=1000
 
 echo "== fine-tuning configs/ctc_demo.yaml on 10 English minutes, side by side: from the pretrained"
 echo "   model (shown here) and from random weights (logging to $RUN/scratch.log)"
 finetune() {  # $1 = run name, $2 = task.init
     OMP_NUM_THREADS=1 "$PY" scripts/train.py --config-name ctc_demo data.manifest_dir="$SPLITS/finetune_en" \
-        run_dir="$RUN/$1" task.init="$2"
+        run_dir="$RUN/$1" task.init="$2" optim.max_update="$FINETUNE_UPDATES"
 }
 mkdir -p "$RUN"
 finetune scratch "" > "$RUN/scratch.log" 2>&1 &

@@ -43,14 +43,19 @@ def _worker(rank: int, world_size: int, port: int, cfg: TrainConfig, out: str) -
     dist_utils.destroy()
 
 
-def test_two_ranks_equal_one_process_on_the_same_batches(make_tiny_cfg, tmp_path: Path) -> None:
-    single = make_tiny_cfg(*SETUP, "optim.update_freq=4", run_dir=tmp_path / "single")
-    double = make_tiny_cfg(*SETUP, "optim.update_freq=2", run_dir=tmp_path / "double")
+def _one_process_and_two_ranks(make_cfg, setup: list[str], tmp_path: Path) -> tuple[TrainConfig, dict, dict]:
+    """Train 1 process x update_freq 4 and 2 gloo ranks x update_freq 2 on the same batches;
+    returns the first config and both final state dicts."""
+    single = make_cfg(*setup, "optim.update_freq=4", run_dir=tmp_path / "single")
+    double = make_cfg(*setup, "optim.update_freq=2", run_dir=tmp_path / "double")
     out1, out2 = str(tmp_path / "single.pt"), str(tmp_path / "double.pt")
     _worker(0, 1, 0, single, out1)
     mp.spawn(_worker, args=(2, _free_port(), double, out2), nprocs=2, join=True)
+    return single, torch.load(out1), torch.load(out2)
 
-    a, b = torch.load(out1), torch.load(out2)
+
+def test_two_ranks_equal_one_process_on_the_same_batches(make_tiny_cfg, tmp_path: Path) -> None:
+    single, a, b = _one_process_and_two_ranks(make_tiny_cfg, SETUP, tmp_path)
     from wav2vec2.model.wav2vec2 import Wav2Vec2Model
 
     torch.manual_seed(single.seed)
@@ -74,12 +79,7 @@ CTC_SETUP = ["optim.max_update=3", "optim.lr=0.0002", "data.max_tokens=24000", "
 
 def test_two_ranks_equal_one_process_for_ctc(make_ctc_cfg, tmp_path: Path) -> None:
     """The same for CTC fine-tuning: sample size = utterances, a frozen first update, masks."""
-    single = make_ctc_cfg(*CTC_SETUP, "optim.update_freq=4", run_dir=tmp_path / "single")
-    double = make_ctc_cfg(*CTC_SETUP, "optim.update_freq=2", run_dir=tmp_path / "double")
-    out1, out2 = str(tmp_path / "single.pt"), str(tmp_path / "double.pt")
-    _worker(0, 1, 0, single, out1)
-    mp.spawn(_worker, args=(2, _free_port(), double, out2), nprocs=2, join=True)
-    a, b = torch.load(out1), torch.load(out2)
+    _, a, b = _one_process_and_two_ranks(make_ctc_cfg, CTC_SETUP, tmp_path)
     for name, tensor in a.items():
         torch.testing.assert_close(b[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     from wav2vec2.train import checkpoint as ckpt

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import math
 import time
 from pathlib import Path
@@ -161,11 +162,26 @@ def setup_logging(is_main: bool) -> None:
     logging.getLogger("wav2vec2").setLevel(logging.INFO if is_main else logging.WARNING)
 
 
-def log_to_file(path: Path) -> logging.Handler:
-    """Also write the package's log to `path` (the run's train.log), with full details."""
+def hold_log() -> logging.handlers.MemoryHandler:
+    """Keep the package's log records until `log_to_file` can write them: the run directory
+    only appears once a run has really started, but what was said before belongs in it."""
+    held = logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1)
+    logging.getLogger("wav2vec2").addHandler(held)
+    return held
+
+
+def log_to_file(path: Path, held: logging.handlers.MemoryHandler | None = None) -> logging.Handler:
+    """Also write the package's log to `path` (the run's train.log), with full details,
+    starting with what `held` kept."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("wav2vec2").addHandler(handler)
+    package = logging.getLogger("wav2vec2")
+    if held is not None:
+        held.setTarget(handler)
+        held.flush()
+        package.removeHandler(held)
+        held.close()
+    package.addHandler(handler)
     return handler
 
 

@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--out", type=Path, default=None, help="PNG path (default RUN_DIR/curves.png)")
+    parser.add_argument("--curves-only", action="store_true",
+                        help="do not print the verdict again (the run printed it); the exit status still tells")
     args = parser.parse_args(argv)
     try:
         lines, healthy = verdict(args.run_dir)
@@ -139,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print("\n".join(lines))
+    if not args.curves_only:
+        print("\n".join(lines))
     print(f"curves: {png}   TensorBoard: .venv/bin/tensorboard --logdir {args.run_dir / 'tb'}")
     return 0 if healthy else 1
 

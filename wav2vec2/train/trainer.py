@@ -35,7 +35,7 @@ from wav2vec2.train import checkpoint as ckpt
 from wav2vec2.train import distributed as dist_utils
 from wav2vec2.train import state as rng
 from wav2vec2.train.config import TrainConfig, validate
-from wav2vec2.train.metrics import Averager, MetricLogger, log_to_file, setup_logging
+from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging
 from wav2vec2.train.optim import build_loss_scaler, build_optimizer, grad_norm, lr_at, scale_grads_, set_lr
 
 log = logging.getLogger("wav2vec2.train")
@@ -46,12 +46,13 @@ CHECKPOINT_VERSION = 2  # 2: + "task" state and "best_valid_metric"; version 1 f
 class Trainer:
     def __init__(self, cfg: TrainConfig, task: Task) -> None:
         self.dist = dist_utils.init_distributed(backend=cfg.distributed.backend, device=cfg.train.device)
+        setup_logging(self.dist.is_main)
+        held_log = hold_log() if self.dist.is_main else None  # for train.log, once run_dir exists
         task.prepare()  # may fix the architecture (a pretrained model's), so before anything else
         self.cfg = validate(cfg, world_size=self.dist.world_size)
         self.task = task
         self.device = self.dist.device
         self.run_dir = Path(cfg.run_dir)
-        setup_logging(self.dist.is_main)
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
         if cfg.train.deterministic:
@@ -86,7 +87,7 @@ class Trainer:
 
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._log_file = log_to_file(self.run_dir / "train.log")
+            self._log_file = log_to_file(self.run_dir / "train.log", held_log)
             _write_config(cfg, self.run_dir / "config.yaml")
         dist_utils.barrier()
         self._restore()
