@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from wav2vec2.train import checkpoint as ckpt
@@ -111,3 +112,47 @@ def _losses(run: Path) -> dict[int, float]:
     train = [r for r in records if r["split"] == "train"]
     assert len(train) == len({r["num_updates"] for r in train})
     return {r["num_updates"]: r["loss"] for r in train}
+
+
+class _RunsCode:
+    """Unpickling this calls a function of the file's choosing (here a harmless one)."""
+
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_by_every_loader(tmp_path: Path, capsys, make_ctc_cfg) -> None:
+    from wav2vec2.infer.evaluate import load_ctc
+    from wav2vec2.tasks import build_task
+
+    evil = tmp_path / "checkpoint_last.pt"
+    torch.save({"model": {}, "config": {}, "num_updates": 1, "payload": _RunsCode()}, evil)
+    with pytest.raises(ckpt.UnsafeCheckpointError, match="builtins.print"):
+        ckpt.load(evil)
+    with pytest.raises(ckpt.UnsafeCheckpointError):
+        load_ctc(evil)  # scoring a model
+    with pytest.raises(ckpt.UnsafeCheckpointError):
+        build_task(make_ctc_cfg(f"task.init={evil}")).prepare()  # fine-tuning from it
+    assert ckpt.load_latest(tmp_path) is None  # resuming: skipped, with a warning
+    assert "this ran while loading" not in capsys.readouterr().out
+
+
+def test_checkpoints_hold_only_tensors_and_plain_containers(tmp_path: Path) -> None:
+    """RNG states included: plain torch.load(weights_only=True), no allow-list, reads them,
+    and restoring them gives the same next draws."""
+    import numpy as np
+
+    from wav2vec2.train import state
+
+    path = tmp_path / "c.pt"
+    torch.save({"rng": state.rng_state()}, path)
+    want = (np.random.rand(), torch.rand(()).item())
+    loaded = torch.load(path, weights_only=True)
+    state.set_rng_state(loaded["rng"])
+    assert (np.random.rand(), torch.rand(()).item()) == want
+    # A checkpoint written before (NumPy's state as a tuple with an array) still loads and restores.
+    old = {**state.rng_state(), "numpy": np.random.get_state()}
+    torch.save({"rng": old}, path)
+    want = np.random.rand()
+    state.set_rng_state(ckpt.load(path)["rng"])
+    assert np.random.rand() == want

@@ -17,10 +17,12 @@ from __future__ import annotations
 import io
 import logging
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -85,10 +87,35 @@ def prune_snapshots(run_dir: Path, keep_last: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def load(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    # weights_only=False: the checkpoint holds RNG states and plain Python containers that
-    # we wrote ourselves; only load checkpoints you trust, as with any pickle.
-    return torch.load(path, map_location=map_location, weights_only=False)
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file that asks to run code (or build objects) when unpickled."""
+
+
+# NumPy arrays: checkpoints written before RNG states became tensors hold NumPy's state as one.
+# Rebuilding an array runs no code of the file's choosing.
+_NUMPY_ARRAYS = [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+_NUMPY_RECONSTRUCT = getattr(np, "_core", np).multiarray._reconstruct
+
+
+def load(path: Path, *, map_location: str | torch.device = "cpu", allow: list[Any] = ()) -> dict[str, Any]:
+    """A checkpoint's contents, read with torch's weights-only unpickler: tensors and plain
+    containers (plus NumPy arrays and the types in `allow`), never code from the file.
+
+    Raises UnsafeCheckpointError naming what the file asked for, if anything else.
+    """
+    try:
+        with torch.serialization.safe_globals([*_NUMPY_ARRAYS, _NUMPY_RECONSTRUCT, *allow]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        try:
+            wanted = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or str(err)[:200]
+        except Exception:  # noqa: BLE001 - the name list is only for the message
+            wanted = str(err)[:200]
+        raise UnsafeCheckpointError(
+            f"refused to load {path}: unpickling it would build or call {wanted}, which a checkpoint "
+            "holds only if someone put code in it. If you trust where it came from, convert it once "
+            "with torch.load(path, weights_only=False) and save its state dict."
+        ) from None
 
 
 def find_latest(run_dir: Path) -> Path | None:
