@@ -122,7 +122,7 @@ class _RunsCode:
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_by_every_loader(tmp_path: Path, capsys, make_ctc_cfg) -> None:
-    from wav2vec2.infer.evaluate import load_ctc
+    from wav2vec2.infer.recognizer import load_recognizer
     from wav2vec2.tasks import build_task
 
     evil = tmp_path / "checkpoint_last.pt"
@@ -130,7 +130,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_loader(tmp_path: P
     with pytest.raises(ckpt.UnsafeCheckpointError, match="builtins.print"):
         ckpt.load(evil)
     with pytest.raises(ckpt.UnsafeCheckpointError):
-        load_ctc(evil)  # scoring a model
+        load_recognizer(evil)  # transcribing or scoring with it
     with pytest.raises(ckpt.UnsafeCheckpointError):
         build_task(make_ctc_cfg(f"task.init={evil}")).prepare()  # fine-tuning from it
     assert ckpt.load_latest(tmp_path) is None  # resuming: skipped, with a warning

@@ -4,8 +4,9 @@
     python -m wav2vec2.infer.evaluate CKPT --manifest-dir DIR --subset test --hypotheses out.txt
     python -m wav2vec2.infer.evaluate CKPT_A CKPT_B --subset test --json results.json
 
-The model, its vocabulary and its data settings (sample rate, normalisation) come from the
-checkpoint; the transcripts from `{subset}.ltr` beside `{subset}.tsv`. Greedy decoding, the
+The model is anything `load_recognizer` reads (this project's CTC checkpoint, a transformers
+`Wav2Vec2ForCTC` directory, a fairseq checkpoint with --dictionary); its vocabulary and data
+settings come with it. The transcripts are `{subset}.ltr` beside `{subset}.tsv`. Greedy decoding, the
 same as validation during fine-tuning, so the numbers compare with the training logs.
 """
 
@@ -19,11 +20,9 @@ from pathlib import Path
 
 import torch
 
-from wav2vec2.data import Dictionary, TokenBudgetBatchSampler, build_dataloader
+from wav2vec2.data import LabelledAudioDataset, TokenBudgetBatchSampler, build_dataloader
 from wav2vec2.infer.decode import error_counts, greedy_ctc, wer_cer
-from wav2vec2.tasks import config_from_dict
-from wav2vec2.tasks.ctc import CtcTask
-from wav2vec2.train import checkpoint as ckpt
+from wav2vec2.infer.recognizer import load_recognizer
 
 
 @dataclass
@@ -40,43 +39,35 @@ class Evaluation:
     references: list[str] = field(default_factory=list)
 
 
-def load_ctc(checkpoint: str | Path, *, manifest_dir: str | None = None) -> tuple[CtcTask, torch.nn.Module]:
-    """The task (vocabulary, data settings) and the model of a CTC checkpoint, in eval mode.
-    `manifest_dir` replaces the one the model was trained on."""
-    state = ckpt.load(Path(checkpoint))
-    if state.get("task") != "ctc":
-        raise ValueError(f"{checkpoint} is a {state.get('task', 'pretrain')!r} checkpoint, not a CTC one")
-    cfg = config_from_dict(state["config"])
-    cfg.task.init = ""  # the weights come from this checkpoint
-    if manifest_dir is not None:
-        cfg.data.manifest_dir = str(manifest_dir)
-    task = CtcTask(cfg, dictionary=Dictionary.from_symbols(state["task_state"]["dictionary"]))
-    model = task.build_model()
-    model.load_state_dict(state["model"])
-    return task, model.eval()
-
-
 @torch.no_grad()
 def evaluate_ctc(
     checkpoint: str | Path, *, subset: str = "test", manifest_dir: str | None = None,
-    max_tokens: int | None = None, device: str = "cpu",
+    dictionary: str | None = None, max_tokens: int = 3_200_000, device: str = "cpu",
 ) -> Evaluation:
-    """Decode every utterance of `subset` and score it against its transcript."""
-    task, model = load_ctc(checkpoint, manifest_dir=manifest_dir)
-    model.to(device)
-    dataset = task.build_dataset(subset)
-    sampler = TokenBudgetBatchSampler(dataset.sizes, max_tokens=max_tokens or task.cfg.data.max_tokens,
-                                      required_batch_size_multiple=1, shuffle=False, drop_last=False)
+    """Decode every utterance of `subset` and score it against its transcript. The model is
+    anything `load_recognizer` reads; `manifest_dir` defaults to the one it was fine-tuned on."""
+    rec = load_recognizer(checkpoint, dictionary=dictionary, device=device)
+    manifest_dir = manifest_dir or rec.manifest_dir
+    if manifest_dir is None:
+        raise ValueError(f"{checkpoint}: say which manifests to score (--manifest-dir)")
+    dataset = LabelledAudioDataset(
+        Path(manifest_dir) / f"{subset}.tsv", labels_path=Path(manifest_dir) / f"{subset}.ltr",
+        dictionary=rec.dictionary, sample_rate=rec.sample_rate, normalize=rec.normalize,
+    )
+    # The BASE encoder's first GroupNorm averages over time, zero padding included, so in a
+    # padded batch an utterance's transcript would depend on its neighbours: one at a time.
+    alone = rec.model.cfg.feature_encoder.mode == "default"
+    sampler = TokenBudgetBatchSampler(dataset.sizes, max_tokens=max(max_tokens, int(dataset.sizes.max())),
+                                      max_sentences=1 if alone else None, required_batch_size_multiple=1,
+                                      shuffle=False, drop_last=False)
     hyps: dict[int, str] = {}
-    refs: dict[int, str] = {}
     for batch in build_dataloader(dataset, sampler, seed=0):
-        padding_mask = batch.get("padding_mask")
-        out = model(batch["source"].to(device), None if padding_mask is None else padding_mask.to(device))
+        out = rec(batch["source"], batch.get("padding_mask"))
         for i, ids in zip(batch["id"].tolist(), greedy_ctc(out.logits, out.lengths)):
-            hyps[i] = task.dictionary.words(ids)
-            refs[i] = task.dictionary.words(dataset.labels[i])
+            hyps[i] = rec.dictionary.words(ids)
     order = sorted(hyps)
-    references, hypotheses = [refs[i] for i in order], [hyps[i] for i in order]
+    references = [rec.dictionary.words(dataset.labels[i]) for i in order]
+    hypotheses = [hyps[i] for i in order]
     counts = error_counts(references, hypotheses)
     wer, cer = wer_cer(counts)
     return Evaluation(wer=wer, cer=cer, utterances=len(order), counts=counts,
@@ -89,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="CTC checkpoints (checkpoint_best.pt of fine-tuning runs); several are compared")
     parser.add_argument("--subset", default="test", help="manifest subset to score (default: test)")
     parser.add_argument("--manifest-dir", default=None, help="default: the one each model was trained on")
+    parser.add_argument("--dictionary", default=None, help="dict.ltr.txt of a fairseq checkpoint")
     parser.add_argument("--hypotheses", type=Path, default=None,
                         help="write one hypothesis per line here (one checkpoint only)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
@@ -98,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for path in args.checkpoints:
         try:
-            result = evaluate_ctc(path, subset=args.subset, manifest_dir=args.manifest_dir)
+            result = evaluate_ctc(path, subset=args.subset, manifest_dir=args.manifest_dir,
+                                  dictionary=args.dictionary)
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
