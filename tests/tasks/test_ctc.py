@@ -309,3 +309,22 @@ def test_best_checkpoint_metric_is_configurable(make_ctc_cfg) -> None:
     assert task.best_metric == "cer" and not task.higher_is_better
     with pytest.raises(ValueError, match="task.best_metric"):
         build_task(make_ctc_cfg("task.best_metric=accuracy"))
+
+
+def test_init_from_a_fairseq_checkpoint(make_ctc_cfg, tmp_path: Path) -> None:
+    """A fairseq wav2vec 2.0 pretraining checkpoint as task.init (written in fairseq's layout
+    by our exporter; tests/interop/test_fairseq.py checks that layout against fairseq's)."""
+    from wav2vec2.interop.fairseq import export_fairseq
+    from wav2vec2.model.wav2vec2 import Wav2Vec2Model
+
+    cfg = tiny()
+    cfg.transformer.num_layers = 3
+    torch.manual_seed(2)
+    source = Wav2Vec2Model(cfg)
+    export_fairseq(source, tmp_path / "fairseq.pt", normalize=False)
+    task = build_task(make_ctc_cfg(f"task.init={tmp_path / 'fairseq.pt'}"))
+    task.prepare()
+    assert task.cfg.model.transformer.num_layers == 3
+    model = task.build_model()
+    assert torch.equal(model.wav2vec2.encoder.layers[2].fc1.weight, source.encoder.layers[2].fc1.weight)
+    assert torch.equal(model.wav2vec2.mask_emb, source.mask_emb)

@@ -21,7 +21,7 @@ def test_finetune_demo_runs_and_scores_both_models(tmp_path: Path) -> None:
         W2V_PYTHON=sys.executable,
         W2V_DATA=os.environ.get("W2V_DATA", str(REPO / "data" / "asterisk")),  # cached between runs
         W2V_RUN=str(tmp_path / "run"),
-        W2V_PRETRAIN_UPDATES="30",
+        W2V_PRETRAIN_UPDATES="60",  # the demo warms up for 50
         W2V_FINETUNE_UPDATES="40",
     )
     proc = subprocess.run(["bash", str(REPO / "scripts" / "finetune_demo.sh")], env=env, cwd=REPO,

@@ -50,8 +50,9 @@ class CtcTaskConfig:
     """The task; chosen by the preset's `task: ctc` default, not set by hand."""
     init: str = ""
     """Pretrained weights to fine-tune (fairseq `w2v_path`): a checkpoint of this project
-    (`checkpoint_best.pt` of a pretraining run; of a CTC run, its encoder), or a local
-    transformers `Wav2Vec2ForPreTraining` / `Wav2Vec2Model` / `Wav2Vec2ForCTC` directory.
+    (`checkpoint_best.pt` of a pretraining run; of a CTC run, its encoder), a fairseq
+    wav2vec 2.0 checkpoint (pretraining or fine-tuned), or a local transformers
+    `Wav2Vec2ForPreTraining` / `Wav2Vec2Model` / `Wav2Vec2ForCTC` directory.
     Its architecture replaces `model`'s. "" starts from random weights of `model`."""
     labels: str = "ltr"
     """Transcripts are `{subset}.{labels}` beside each `{subset}.tsv`, line for line."""
@@ -263,8 +264,8 @@ class CtcTask(Task):
 def load_pretrained_encoder(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor], bool | None]:
     """(architecture, encoder state dict for `Wav2Vec2Model` without pretraining modules,
     the `normalize` it was pretrained with or None if unknown) of a pretrained model: a
-    checkpoint file of this project or a local transformers directory. Nothing is
-    downloaded."""
+    checkpoint file of this project or of fairseq (pretraining or fine-tuned), or a local
+    transformers directory. Nothing is downloaded; no file can run code while it loads."""
     p = Path(path)
     if p.is_dir():
         from wav2vec2.interop.hf import load_hf_encoder
@@ -272,7 +273,11 @@ def load_pretrained_encoder(path: str) -> tuple[ModelConfig, dict[str, torch.Ten
         return load_hf_encoder(p)
     if not p.is_file():
         raise FileNotFoundError(f"task.init: {path} is neither a checkpoint file nor a transformers directory")
-    state = ckpt.load(p)
+    from wav2vec2.interop.fairseq import FAIRSEQ_SAFE_TYPES, is_fairseq_checkpoint, load_fairseq_pretraining
+
+    state = ckpt.load(p, allow=FAIRSEQ_SAFE_TYPES)  # ours, or fairseq's (argparse / omegaconf configs)
+    if is_fairseq_checkpoint(state):  # a fairseq pretraining or fine-tuned model: its encoder
+        return load_fairseq_pretraining(p, state, heads=False)
     if "model" not in state or "config" not in state:
         raise ValueError(f"task.init: {path} is not a checkpoint of this project (no model/config)")
     schema = OmegaConf.structured(ModelConfig)

@@ -94,7 +94,10 @@ class UnsafeCheckpointError(ValueError):
 # NumPy arrays: checkpoints written before RNG states became tensors hold NumPy's state as one.
 # Rebuilding an array runs no code of the file's choosing.
 _NUMPY_ARRAYS = [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-_NUMPY_RECONSTRUCT = getattr(np, "_core", np).multiarray._reconstruct
+try:  # numpy 2 moved it to _core; pickles name whichever module wrote them
+    from numpy._core.multiarray import _reconstruct as _NUMPY_RECONSTRUCT
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import _reconstruct as _NUMPY_RECONSTRUCT
 
 
 def load(path: Path, *, map_location: str | torch.device = "cpu", allow: list[Any] = ()) -> dict[str, Any]:
