@@ -4,7 +4,10 @@
 Configs, state dicts and whole models in both directions, so a checkpoint trained here can
 be fine-tuned with transformers and a transformers checkpoint can be trained further here:
 `load_hf_encoder` takes the encoder of any of the three from a local directory (what CTC
-fine-tuning starts from), `ctc_*` convert our `Wav2Vec2Ctc` to and from `Wav2Vec2ForCTC`.
+fine-tuning starts from), `ctc_*` convert our `Wav2Vec2Ctc` to and from `Wav2Vec2ForCTC`,
+and `load_hf_ctc` / `export_hf_ctc` read and write whole `Wav2Vec2ForCTC` directories
+(weights, tokenizer vocabulary, feature extractor) as a `Recognizer`; how the two
+vocabularies map is written above `_NEVER_EMITTED_BIAS`.
 transformers is an optional dependency (extras `dev`/`bench`): it is imported inside the
 functions that need it, never at module level.
 
@@ -38,7 +41,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,10 +52,14 @@ import torch
 from torch import Tensor
 
 from wav2vec2.config import ModelConfig
+from wav2vec2.data.labels import BLANK, SPECIALS, WORD_BOUNDARY, Dictionary
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
 
 if TYPE_CHECKING:  # transformers is optional
     from transformers import Wav2Vec2Config, Wav2Vec2ForPreTraining
+
+    from wav2vec2.infer.recognizer import Recognizer
+    from wav2vec2.model.ctc import Wav2Vec2Ctc
 
 log = logging.getLogger(__name__)
 
@@ -422,7 +432,8 @@ def load_hf_encoder(
     or `Wav2Vec2ForCTC` (heads are dropped). Returns (our config of that architecture, with
     the fields transformers lacks from `template` as in `config_from_hf`; a state dict that
     `Wav2Vec2Model(cfg)` loads with strict=True after `remove_pretraining_modules()`; the
-    `do_normalize` of the directory's preprocessor_config.json, or None without one).
+    `do_normalize` of the directory's feature extractor (preprocessor_config.json, or
+    processor_config.json as transformers 5 writes it), or None without one).
 
     Weights are read by transformers' `from_pretrained(local_files_only=True,
     weights_only=True)`: nothing is downloaded, no pickled code runs. A checkpoint saved with masking off has no mask embedding: a fresh U[0, 1)
@@ -469,10 +480,10 @@ def load_hf_encoder(
         raise ValueError(f"{path}: {e}") from e
 
     do_normalize = None
-    preprocessor = path / "preprocessor_config.json"
-    if preprocessor.is_file():
+    settings = _read_feature_extractor(path)
+    if settings is not None:
         # Absent from the file means Wav2Vec2FeatureExtractor's default, True.
-        do_normalize = bool(json.loads(preprocessor.read_text()).get("do_normalize", True))
+        do_normalize = bool(settings[0].get("do_normalize", True))
     return cfg, state, do_normalize
 
 
@@ -511,4 +522,313 @@ def negatives_to_hf(time_mask: Tensor, negative_indices: Tensor) -> Tensor:
     flat = frames + (torch.arange(B, device=time_mask.device) * T).view(B, 1, 1)  # into (B*T)
     out = (torch.arange(B * T, device=time_mask.device).view(B, T, 1)).expand(B, T, K).clone()
     out[time_mask] = flat.reshape(B * M, K)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Wav2Vec2ForCTC directories: a whole recogniser (weights, vocabulary, audio settings)
+# ---------------------------------------------------------------------------------------------
+# Mapping transformers' vocabulary onto ours (`load_hf_ctc`). Ours is fixed: 0 <blank>,
+# 1 <pad>, 2 </s>, 3 <unk>, then the letters (`wav2vec2.data.labels`). Theirs is whatever
+# vocab.json says (plus the tokenizer's added tokens), with the CTC blank at
+# config.pad_token_id. Each of our indices takes one of their lm_head rows:
+#
+#   our 0 <blank> <- their blank (config.pad_token_id, which must be the tokenizer's pad_token:
+#                    transformers' decoding drops that token, its CTC loss that row)
+#   our 1 <pad>   <- their bos_token (default "<s>"): never a CTC target on either side.
+#                    fairseq's index 1 is its <pad>, which transformers' conversion renamed <s>
+#   our 2 </s>    <- their eos_token (default "</s>")
+#   our 3 <unk>   <- their unk_token (default "<unk>")
+#   our 4...      <- every other row, in their index order; their word_delimiter_token
+#                    (tokenizer_config.json, default "|") becomes our "|"
+#
+# An index of ours that they lack (say they have no "<s>") gets weight 0 and bias -1e4: it
+# is never emitted. So a fairseq-converted vocabulary ({"<pad>": 0, "<s>": 1, "</s>": 2,
+# "<unk>": 3, "|": 4, "E": 5, ...}, pad_token_id 0), which is also what `export_hf_ctc` writes,
+# maps row for row and the logits are transformers' exactly; any other order is permuted.
+_NEVER_EMITTED_BIAS = -1e4
+_HF_SPECIALS = ("<pad>", "<s>", "</s>", "<unk>")  # what export writes for our indices 0..3
+
+
+def _map_vocab(
+    id_to_token: dict[int, str],
+    num_rows: int,
+    *,
+    blank: int,
+    bos: str | None,
+    eos: str | None,
+    unk: str | None,
+    delimiter: str | None,
+    where: str,
+) -> tuple[Dictionary, list[int | None]]:
+    """Our Dictionary for transformers' rows 0..num_rows-1 (`id_to_token`), and for each of our
+    indices the row it takes (None: a special they lack). The rule is above `_NEVER_EMITTED_BIAS`.
+    Errors name `where` (the vocabulary's file)."""
+    missing = [i for i in range(num_rows) if i not in id_to_token]
+    if missing:
+        raise ValueError(
+            f"{where}: no token for lm_head row(s) {missing[:10]} of {num_rows}: the vocabulary does "
+            "not match the model's output layer"
+        )
+    if not 0 <= blank < num_rows:
+        raise ValueError(f"{where}: the CTC blank (pad_token_id) {blank} is not one of the {num_rows} rows")
+    token_to_row = {id_to_token[i]: i for i in range(num_rows)}
+    rows: list[int | None] = [blank]
+    for role in (bos, eos, unk):  # our 1 <pad>, 2 </s>, 3 <unk>
+        row = token_to_row.get(role) if role is not None else None
+        rows.append(None if row in rows else row)  # a token plays one role (the blank first)
+    symbols = []
+    for i in range(num_rows):
+        if i in rows:
+            continue
+        token = id_to_token[i]
+        if token == delimiter:
+            token = WORD_BOUNDARY
+        elif token == WORD_BOUNDARY and delimiter is not None:
+            raise ValueError(
+                f"{where}: the word delimiter is {delimiter!r} but '|' is also a token; '|' is our "
+                "word boundary, so the two cannot be told apart"
+            )
+        symbols.append(token)
+        rows.append(i)
+    dictionary = Dictionary(symbols, [1] * len(symbols), where=where)
+    return dictionary, rows
+
+
+def _remap_head(weight: Tensor, bias: Tensor, rows: list[int | None]) -> tuple[Tensor, Tensor]:
+    """Our output layer from transformers' lm_head: our row j is their row rows[j], or, where
+    None, weight 0 and bias -1e4 (never emitted). Shape: weight (R, D), bias (R,) -> (V, D), (V,)."""
+    new_weight = weight.new_zeros(len(rows), weight.shape[1])
+    new_bias = bias.new_full((len(rows),), _NEVER_EMITTED_BIAS)
+    for j, i in enumerate(rows):
+        if i is not None:
+            new_weight[j] = weight[i]
+            new_bias[j] = bias[i]
+    return new_weight, new_bias
+
+
+def _read_feature_extractor(path: Path) -> tuple[dict, Path] | None:
+    """The Wav2Vec2FeatureExtractor settings of a directory, and the file they are in:
+    preprocessor_config.json, or processor_config.json's "feature_extractor" (transformers 5's
+    `Wav2Vec2Processor.save_pretrained` writes only that). None without either."""
+    preprocessor = path / "preprocessor_config.json"
+    if preprocessor.is_file():
+        return json.loads(preprocessor.read_text()), preprocessor
+    processor = path / "processor_config.json"
+    if processor.is_file():
+        settings = json.loads(processor.read_text()).get("feature_extractor")
+        if isinstance(settings, dict):
+            return settings, processor
+    return None
+
+
+def _word_delimiter(path: Path) -> str | None:
+    """The tokenizer's word_delimiter_token as its files say (tokenizer_config.json, else
+    special_tokens_map.json; default "|"). Read here because transformers 5's
+    `Wav2Vec2CTCTokenizer.from_pretrained` drops a saved one (it files every unknown `*_token`
+    key under model_specific_special_tokens) and falls back to "|"."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        file = path / name
+        if file.is_file():
+            settings = json.loads(file.read_text(encoding="utf-8"))
+            if "word_delimiter_token" in settings:
+                token = settings["word_delimiter_token"]
+                return token.get("content") if isinstance(token, dict) else token  # an AddedToken's dict
+    return WORD_BOUNDARY
+
+
+def _check_hf_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a local directory (hub downloads are not supported)")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a transformers save_pretrained directory")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type != "wav2vec2":
+        raise ValueError(f"{config_file}: a {model_type!r} model; only 'wav2vec2' can be loaded")
+
+
+def load_hf_ctc(path: str | Path, *, device: str | torch.device = "cpu",
+                template: ModelConfig | None = None) -> Recognizer:
+    """A Recognizer from a local transformers `Wav2Vec2ForCTC` directory.
+
+    Reads config.json, the weights (model.safetensors, or pytorch_model.bin through
+    `torch.load(weights_only=True)`; sharded too), the `Wav2Vec2CTCTokenizer` files (vocab.json,
+    tokenizer_config.json and its added tokens) and the feature extractor's do_normalize and
+    sampling_rate (preprocessor_config.json or processor_config.json; without either,
+    Wav2Vec2FeatureExtractor's defaults, True and 16 kHz, with a warning). Nothing is
+    downloaded. Their vocabulary is mapped onto ours by the rule above `_NEVER_EMITTED_BIAS`:
+    row for row for fairseq-converted models and our own exports, permuted otherwise.
+
+    Text comes out as ours (`Dictionary.words`), which differs from transformers' decoding
+    only where the model emits a special token (they print it, we print `<unk>` only) or
+    two word delimiters with a blank between them (they print two spaces, we one); a
+    tokenizer with do_lower_case gives our text in the vocabulary's case.
+    """
+    from wav2vec2.infer.recognizer import build_recognizer
+
+    path = Path(path)
+    _check_hf_dir(path)
+    vocab_file = path / "vocab.json"
+    if not vocab_file.is_file():
+        raise FileNotFoundError(
+            f"{vocab_file} not found: a Wav2Vec2ForCTC directory needs its tokenizer's vocabulary "
+            "(Wav2Vec2Processor.save_pretrained or Wav2Vec2CTCTokenizer.save_pretrained writes it)"
+        )
+    vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+    if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
+        raise ValueError(f"{vocab_file}: expected a flat {{token: id}} object (multi-lingual, nested "
+                         "vocabularies such as MMS's are not supported)")
+    try:
+        from transformers import Wav2Vec2Config as HfConfig
+        from transformers import Wav2Vec2CTCTokenizer
+        from transformers import Wav2Vec2ForCTC as HfCtc
+    except ImportError as e:
+        raise ImportError(f"loading the transformers model {path} needs transformers: pip install transformers") from e
+
+    hf_config = HfConfig.from_pretrained(path, local_files_only=True)
+    if hf_config.pad_token_id is None:
+        raise ValueError(f"{path / 'config.json'}: no pad_token_id, which is Wav2Vec2ForCTC's CTC blank")
+    try:
+        cfg = config_from_hf(hf_config, template=template)
+    except ValueError as e:
+        raise ValueError(f"{path / 'config.json'}: {e}") from e
+    hf_model, info = HfCtc.from_pretrained(  # a .bin goes through torch.load(weights_only=True)
+        path, config=hf_config, local_files_only=True, weights_only=True, output_loading_info=True
+    )
+    missing = set(info["missing_keys"])
+    if missing - {"wav2vec2.masked_spec_embed"}:
+        raise ValueError(f"{path}: the checkpoint lacks {sorted(missing - {'wav2vec2.masked_spec_embed'})} "
+                         "(a Wav2Vec2ForCTC directory has the encoder and lm_head)")
+    hf_state = {key: value.detach() for key, value in hf_model.state_dict().items() if key not in missing}
+    del hf_model
+    try:
+        state = ctc_state_dict_from_hf(hf_state, cfg)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+    tokenizer = Wav2Vec2CTCTokenizer.from_pretrained(path, local_files_only=True)
+    # Row i's token as transformers decodes it: vocab.json first, then the added tokens.
+    id_to_token = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
+    id_to_token.update({i: t for t, i in vocab.items()})
+    num_rows = state["proj.weight"].shape[0]
+    if max(vocab.values(), default=-1) >= num_rows:
+        raise ValueError(f"{vocab_file}: {len(vocab)} tokens (ids up to {max(vocab.values())}) but the lm_head "
+                         f"in {path} has {num_rows} rows: not this model's vocabulary")
+    blank = hf_config.pad_token_id
+    if id_to_token.get(blank) != tokenizer.pad_token:
+        raise ValueError(
+            f"{path / 'config.json'}: pad_token_id {blank} (the CTC blank) is {id_to_token.get(blank)!r} in "
+            f"{vocab_file}, but the tokenizer's pad_token (what its decoding drops) is {tokenizer.pad_token!r}"
+        )
+    dictionary, rows = _map_vocab(
+        id_to_token, num_rows, blank=blank, bos=tokenizer.bos_token, eos=tokenizer.eos_token,
+        unk=tokenizer.unk_token, delimiter=_word_delimiter(path), where=str(vocab_file),
+    )
+    state["proj.weight"], state["proj.bias"] = _remap_head(state["proj.weight"], state["proj.bias"], rows)
+
+    settings = _read_feature_extractor(path)
+    if settings is None:
+        log.warning("%s has no preprocessor_config.json: assuming Wav2Vec2FeatureExtractor's defaults "
+                    "(do_normalize=True, 16 kHz)", path)
+        settings, settings_file = {}, path / "preprocessor_config.json"
+    else:
+        settings, settings_file = settings
+    if settings.get("feature_size", 1) != 1:
+        raise ValueError(f"{settings_file}: feature_size {settings['feature_size']}; a waveform model needs 1")
+    return build_recognizer(
+        cfg, state, dictionary, normalize=bool(settings.get("do_normalize", True)),
+        sample_rate=int(settings.get("sampling_rate", 16000)), source=str(path), device=device,
+    )
+
+
+def export_hf_ctc(
+    recognizer_or_model: Recognizer | Wav2Vec2Ctc,
+    out_dir: str | Path,
+    *,
+    dictionary: Dictionary | None = None,
+    normalize: bool | None = None,
+    sample_rate: int | None = None,
+) -> Path:
+    """Write a directory that transformers loads offline as a whole recogniser:
+    `Wav2Vec2ForCTC.from_pretrained`, `Wav2Vec2Processor.from_pretrained` and
+    `pipeline("automatic-speech-recognition", model=str(out_dir))`. Returns `out_dir`.
+
+    A Recognizer brings its dictionary, normalisation and sample rate; a bare `Wav2Vec2Ctc`
+    needs `dictionary` and `normalize` (sample_rate defaults to 16 kHz). Files:
+
+    - config.json: `ctc_config_to_hf` (pad_token_id 0: our blank is their CTC blank);
+    - model.safetensors: `ctc_state_dict_to_hf`, the output layer row for row;
+    - vocab.json: our symbols at our indices, index 0..3 written "<pad>", "<s>", "</s>",
+      "<unk>" (transformers' names in a fairseq-converted model: their pad is the blank);
+    - tokenizer_config.json, special_tokens_map.json: a Wav2Vec2CTCTokenizer with "|" as the
+      word delimiter and no clean-up of spaces;
+    - preprocessor_config.json: a Wav2Vec2FeatureExtractor (1 feature, `sample_rate`, padding
+      0.0, do_normalize = `normalize`; return_attention_mask only for layer-norm encoders, as
+      transformers sets it: the group-norm encoder is trained on unpadded batches, and padding
+      it changes its output whatever the mask). Its do_normalize uses a variance eps of 1e-7
+      where we use F.layer_norm's 1e-5: a relative difference of ~1e-5/var in the waveform.
+
+    Written to a temporary directory beside `out_dir` and renamed into place, so a failure
+    leaves nothing half-written; `out_dir` must not exist or be empty.
+    """
+    from safetensors.torch import save_file
+    from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
+
+    from wav2vec2.infer.recognizer import Recognizer
+
+    if isinstance(recognizer_or_model, Recognizer):
+        if dictionary is not None or normalize is not None:
+            raise ValueError("a Recognizer brings its own dictionary and normalize; pass them only with a bare model")
+        model, dictionary = recognizer_or_model.model, recognizer_or_model.dictionary
+        normalize = recognizer_or_model.normalize
+        sample_rate = sample_rate or recognizer_or_model.sample_rate
+    else:
+        model = recognizer_or_model
+        if dictionary is None or normalize is None:
+            raise ValueError("exporting a bare Wav2Vec2Ctc needs its dictionary and normalize (how its audio "
+                             "was prepared in training)")
+    sample_rate = sample_rate or 16000
+    if model.blank != BLANK:
+        raise ValueError(f"the model's CTC blank is {model.blank}; transformers' must be our index {BLANK}")
+    num_rows = model.proj.out_features
+    if num_rows != len(dictionary):
+        raise ValueError(f"the model has {num_rows} outputs but the dictionary {len(dictionary)} symbols")
+    taken = set(_HF_SPECIALS) & set(dictionary.symbols[len(SPECIALS):])
+    if taken:
+        raise ValueError(f"dictionary symbol(s) {sorted(taken)} collide with the names transformers' tokenizer "
+                         f"gives our specials ({', '.join(_HF_SPECIALS)})")
+    vocab = {token: i for i, token in enumerate((*_HF_SPECIALS, *dictionary.symbols[len(SPECIALS):]))}
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not an empty directory; export to a new one")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        cfg = model.cfg
+        hf_config = ctc_config_to_hf(cfg, vocab_size=num_rows, final_dropout=model.final_dropout.p)
+        hf_config.save_pretrained(tmp)
+        tensors = {key: value.detach().cpu().contiguous()
+                   for key, value in ctc_state_dict_to_hf(model.state_dict(), cfg).items()}
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+
+        (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=2), encoding="utf-8")
+        specials = dict(zip(("pad_token", "bos_token", "eos_token", "unk_token"), _HF_SPECIALS))
+        tokenizer = Wav2Vec2CTCTokenizer(
+            str(tmp / "vocab.json"), **specials, word_delimiter_token=WORD_BOUNDARY, do_lower_case=False,
+            clean_up_tokenization_spaces=False,  # it would glue a lone "'" to its neighbours
+        )
+        tokenizer.save_pretrained(tmp)
+        # transformers 5 no longer writes it; 4.x reads the special tokens from it.
+        (tmp / "special_tokens_map.json").write_text(
+            json.dumps({**specials, "word_delimiter_token": WORD_BOUNDARY}, indent=2))
+        Wav2Vec2FeatureExtractor(
+            feature_size=1, sampling_rate=sample_rate, padding_value=0.0, do_normalize=bool(normalize),
+            return_attention_mask=cfg.feature_encoder.mode == "layer_norm",
+        ).save_pretrained(tmp)
+        os.rename(tmp, out)  # replaces an empty out_dir; atomic on one filesystem
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
