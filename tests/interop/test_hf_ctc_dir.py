@@ -38,6 +38,7 @@ from wav2vec2.interop.hf import (  # noqa: E402
     state_dict_to_hf,
 )
 from wav2vec2.model.ctc import Wav2Vec2Ctc  # noqa: E402
+from wav2vec2.train.checkpoint import UnsafeCheckpointError  # noqa: E402
 
 pytestmark = pytest.mark.reference
 
@@ -447,3 +448,27 @@ def test_load_hf_ctc_is_state_dict_to_hf_inverse_on_the_encoder(tmp_path):
     renamed = state_dict_to_hf({k.removeprefix("wav2vec2."): v for k, v in encoder.items()}, ours.cfg)
     hf_state = hf.state_dict()
     assert all(torch.equal(renamed[k], hf_state[k]) for k in renamed)
+
+
+class _RunsCode:
+    """Unpickling this calls print: what a malicious pytorch_model.bin would do."""
+
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def test_a_pytorch_model_bin_that_would_run_code_is_refused(tmp_path, capsys):
+    ours, dictionary = _our_model(tiny)
+    out = export_hf_ctc(ours, tmp_path / "export", dictionary=dictionary, normalize=False)
+    state = {k: v.contiguous() for k, v in _hf_ctc(out).state_dict().items()}
+    (out / "model.safetensors").unlink()
+    torch.save(state, out / "pytorch_model.bin")
+    assert load_hf_ctc(out).dictionary == dictionary  # a plain .bin of tensors loads
+    torch.save({**state, "payload": _RunsCode()}, out / "pytorch_model.bin")
+    with pytest.raises(UnsafeCheckpointError, match="refused to load"):
+        load_hf_ctc(out)
+    with pytest.raises(UnsafeCheckpointError, match="refused to load"):
+        load_recognizer(out)
+    with pytest.raises(UnsafeCheckpointError, match="refused to load"):
+        load_hf_encoder(out)  # fine-tuning or extracting features from it
+    assert "this ran while loading" not in capsys.readouterr().out

@@ -122,6 +122,7 @@ class _RunsCode:
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_by_every_loader(tmp_path: Path, capsys, make_ctc_cfg) -> None:
+    from wav2vec2.infer.features import load_extractor
     from wav2vec2.infer.recognizer import load_recognizer
     from wav2vec2.tasks import build_task
 
@@ -133,6 +134,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_loader(tmp_path: P
         load_recognizer(evil)  # transcribing or scoring with it
     with pytest.raises(ckpt.UnsafeCheckpointError):
         build_task(make_ctc_cfg(f"task.init={evil}")).prepare()  # fine-tuning from it
+    with pytest.raises(ckpt.UnsafeCheckpointError):
+        load_extractor(evil, normalize=False)  # extracting features with it
     assert ckpt.load_latest(tmp_path) is None  # resuming: skipped, with a warning
     assert "this ran while loading" not in capsys.readouterr().out
 

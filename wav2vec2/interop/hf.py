@@ -398,6 +398,24 @@ def ctc_state_dict_from_hf(hf_state_dict: dict[str, Tensor], cfg: ModelConfig) -
 # ---------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------
+def _from_pretrained(model_class, path: Path, hf_config):
+    """`model_class.from_pretrained(path)`, offline, a .bin read with torch.load(weights_only=True);
+    a .bin that would run code is refused with `UnsafeCheckpointError`, as every loader here does."""
+    import pickle
+
+    from wav2vec2.train.checkpoint import UnsafeCheckpointError
+
+    try:
+        return model_class.from_pretrained(path, config=hf_config, local_files_only=True, weights_only=True,
+                                           output_loading_info=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"refused to load {path}: its PyTorch weights file asks to build or call something other than "
+            f"tensors, which a checkpoint holds only if someone put code in it ({str(err).splitlines()[-1][:200]}). "
+            "If you trust where it came from, load it once with transformers and save_pretrained it as safetensors."
+        ) from None
+
+
 def load_hf_pretraining(
     path_or_model: str | Path | Wav2Vec2ForPreTraining, *, template: ModelConfig | None = None
 ) -> Wav2Vec2Model:
@@ -462,9 +480,7 @@ def load_hf_encoder(
         cfg = config_from_hf(hf_config, template=template)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
-    hf_model, info = HfModel.from_pretrained(  # a .bin goes through torch.load(weights_only=True)
-        path, config=hf_config, local_files_only=True, weights_only=True, output_loading_info=True
-    )
+    hf_model, info = _from_pretrained(HfModel, path, hf_config)
     missing = set(info["missing_keys"])
     if missing - {"masked_spec_embed"}:
         raise ValueError(f"{path}: the checkpoint lacks {sorted(missing - {'masked_spec_embed'})}")
@@ -693,9 +709,7 @@ def load_hf_ctc(path: str | Path, *, device: str | torch.device = "cpu",
         cfg = config_from_hf(hf_config, template=template)
     except ValueError as e:
         raise ValueError(f"{path / 'config.json'}: {e}") from e
-    hf_model, info = HfCtc.from_pretrained(  # a .bin goes through torch.load(weights_only=True)
-        path, config=hf_config, local_files_only=True, weights_only=True, output_loading_info=True
-    )
+    hf_model, info = _from_pretrained(HfCtc, path, hf_config)
     missing = set(info["missing_keys"])
     if missing - {"wav2vec2.masked_spec_embed"}:
         raise ValueError(f"{path}: the checkpoint lacks {sorted(missing - {'wav2vec2.masked_spec_embed'})} "
