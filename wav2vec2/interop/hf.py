@@ -421,7 +421,8 @@ def load_hf_pretraining(
 ) -> Wav2Vec2Model:
     """Our model from a `Wav2Vec2ForPreTraining` instance or a local save_pretrained directory.
 
-    Local paths only: nothing is downloaded (`local_files_only=True`). `template` supplies the
+    Local paths only: nothing is downloaded (`local_files_only=True`), and a .bin is read
+    with torch's weights-only unpickler. `template` supplies the
     fields transformers has no counterpart for (see the module docstring).
     """
     if isinstance(path_or_model, (str, Path)):
@@ -430,9 +431,11 @@ def load_hf_pretraining(
             raise FileNotFoundError(
                 f"{path} is not a local directory (hub downloads are not supported)"
             )
+        from transformers import Wav2Vec2Config as HfConfig
         from transformers import Wav2Vec2ForPreTraining
 
-        hf_model = Wav2Vec2ForPreTraining.from_pretrained(path, local_files_only=True)
+        hf_model, _ = _from_pretrained(Wav2Vec2ForPreTraining, path,
+                                       HfConfig.from_pretrained(path, local_files_only=True))
     else:
         hf_model = path_or_model
     cfg = config_from_hf(hf_model.config, template=template)
@@ -503,9 +506,11 @@ def load_hf_encoder(
     return cfg, state, do_normalize
 
 
-def export_hf(model: Wav2Vec2Model, out_dir: str | Path) -> Path:
+def export_hf(model: Wav2Vec2Model, out_dir: str | Path, *, normalize: bool | None = None,
+              sample_rate: int = 16000) -> Path:
     """Write `config.json` and `model.safetensors` that `Wav2Vec2ForPreTraining.from_pretrained`
-    loads with no missing or unexpected keys. Returns the directory."""
+    loads with no missing or unexpected keys, and, given `normalize`, the feature extractor's
+    preprocessor_config.json (as `export_hf_ctc` writes it). Returns the directory."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -517,6 +522,13 @@ def export_hf(model: Wav2Vec2Model, out_dir: str | Path) -> Path:
         for key, value in state_dict_to_hf(model.state_dict(), model.cfg).items()
     }
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    if normalize is not None:
+        from transformers import Wav2Vec2FeatureExtractor
+
+        Wav2Vec2FeatureExtractor(
+            feature_size=1, sampling_rate=sample_rate, padding_value=0.0, do_normalize=bool(normalize),
+            return_attention_mask=model.cfg.feature_encoder.mode == "layer_norm",
+        ).save_pretrained(out)
     return out
 
 
