@@ -417,7 +417,7 @@ def test_load_hf_encoder_errors(tmp_path, monkeypatch):
 
     hubert = tmp_path / "hubert"
     transformers.HubertConfig().save_pretrained(hubert)
-    with pytest.raises(ValueError, match=re.escape(f"{hubert} holds a 'hubert' model")):
+    with pytest.raises(ValueError, match=re.escape(f"{hubert / 'config.json'}: a 'hubert' model")):
         load_hf_encoder(hubert)
 
     relu = tmp_path / "relu"

@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from wav2vec2.config import ModelConfig
 from wav2vec2.data.labels import Dictionary
 from wav2vec2.infer.recognizer import Recognizer, build_recognizer
+from wav2vec2.interop.keymap import Table, compile_table, rename
 from wav2vec2.model.ctc import Wav2Vec2Ctc
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
 from wav2vec2.train import checkpoint as ckpt
@@ -153,24 +154,14 @@ _NEW_WEIGHT_NORM = {
 }
 
 
-def _compile(prefix: str) -> re.Pattern[str]:
-    return re.compile("^" + re.escape(prefix).replace(r"\#", r"(\d+)"))
-
-
-def _table(cfg: ModelConfig, *, to_fairseq: bool) -> list[tuple[re.Pattern[str], str]]:
+def _table(cfg: ModelConfig, *, to_fairseq: bool) -> Table:
     rows = [LAYER_NORM_ROW if ours == LAYER_NORM_ROW[0] and cfg.feature_encoder.mode == "layer_norm"
             else (ours, fs) for ours, fs in PARAM_MAP]
-    return [(_compile(a), b) if to_fairseq else (_compile(b), a) for a, b in rows]
+    return compile_table([(a, b) if to_fairseq else (b, a) for a, b in rows])
 
 
-def _rename(key: str, table: list[tuple[re.Pattern[str], str]]) -> str:
-    for pattern, target in table:
-        m = pattern.match(key)
-        if m:
-            for index in m.groups():
-                target = target.replace("#", index, 1)
-            return target + key[m.end():]
-    raise ValueError(f"no mapping for parameter {key!r} (see PARAM_MAP in wav2vec2/interop/fairseq.py)")
+def _rename(key: str, table: Table) -> str:
+    return rename(key, table, where="PARAM_MAP in wav2vec2/interop/fairseq.py")
 
 
 def _quantizer_layers(key: str, depth: int, *, to_fairseq: bool) -> str:

@@ -42,7 +42,6 @@ import copy
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -53,6 +52,7 @@ from torch import Tensor
 
 from wav2vec2.config import ModelConfig
 from wav2vec2.data.labels import BLANK, SPECIALS, WORD_BOUNDARY, Dictionary
+from wav2vec2.interop.keymap import Table, compile_table, rename
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
 
 if TYPE_CHECKING:  # transformers is optional
@@ -112,24 +112,14 @@ CTC_HEAD_MAP: tuple[tuple[str, str], ...] = (("proj.", "lm_head."),)
 _CTC_ENCODER = "wav2vec2."  # the encoder's prefix on both sides
 
 
-def _compile(prefix: str) -> re.Pattern[str]:
-    return re.compile("^" + re.escape(prefix).replace(r"\#", r"(\d+)"))
+_TO_HF = compile_table(PARAM_MAP)
+_FROM_HF = compile_table([(hf, ours) for ours, hf in PARAM_MAP])
+_CTC_HEAD_TO_HF = compile_table(CTC_HEAD_MAP)
+_CTC_HEAD_FROM_HF = compile_table([(hf, ours) for ours, hf in CTC_HEAD_MAP])
 
 
-_TO_HF = [(_compile(ours), hf) for ours, hf in PARAM_MAP]
-_FROM_HF = [(_compile(hf), ours) for ours, hf in PARAM_MAP]
-_CTC_HEAD_TO_HF = [(_compile(ours), hf) for ours, hf in CTC_HEAD_MAP]
-_CTC_HEAD_FROM_HF = [(_compile(hf), ours) for ours, hf in CTC_HEAD_MAP]
-
-
-def _rename(key: str, table: list[tuple[re.Pattern[str], str]]) -> str:
-    for pattern, target in table:
-        m = pattern.match(key)
-        if m:
-            for index in m.groups():
-                target = target.replace("#", index, 1)
-            return target + key[m.end():]
-    raise ValueError(f"no mapping for parameter {key!r} (see PARAM_MAP in wav2vec2/interop/hf.py)")
+def _rename(key: str, table: Table) -> str:
+    return rename(key, table, where="PARAM_MAP in wav2vec2/interop/hf.py")
 
 
 def _conv_and_model_dims(cfg: ModelConfig) -> tuple[int, int]:
@@ -350,7 +340,7 @@ def _with_mask_emb(hf_state_dict: dict[str, Tensor], cfg: ModelConfig, *, source
     return {**hf_state_dict, _MASK_EMB_HF: mask_emb.to(dtype=ref.dtype, device=ref.device)}
 
 
-def _rename_ctc_head(key: str, table: list[tuple[re.Pattern[str], str]], what: str) -> str:
+def _rename_ctc_head(key: str, table: Table, what: str) -> str:
     try:
         return _rename(key, table)
     except ValueError:
@@ -462,14 +452,7 @@ def load_hf_encoder(
     is an error (transformers would silently initialise it).
     """
     path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a local directory (hub downloads are not supported)")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path} has no config.json: not a transformers save_pretrained directory")
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type != "wav2vec2":
-        raise ValueError(f"{path} holds a {model_type!r} model; only 'wav2vec2' can be loaded")
+    _check_hf_dir(path)
     try:
         from transformers import Wav2Vec2Config as HfConfig
         from transformers import Wav2Vec2Model as HfModel
