@@ -103,7 +103,7 @@ def test_corrupt_flac_is_an_error(manifest, corpus):
     data = bytearray(open(path, "rb").read())
     data[: len(data) // 2] = b"\x00" * (len(data) // 2)  # header and first frames gone
     open(path, "wb").write(bytes(data))
-    with pytest.raises(ValueError, match=rf"cannot read audio .*{ds.paths[0]}"):
+    with pytest.raises(ValueError, match=rf"{ds.paths[0]} .*cannot read audio"):
         ds[0]
 
 

@@ -5,7 +5,9 @@ Shapes: B batch, L waveform samples.
 Follows fairseq's `FileAudioDataset`: float32 via soundfile, multi-channel averaged to
 mono, whole-file normalisation before any crop, `min_sample_size` filtering at load.
 Stricter than fairseq: a file whose length differs from its manifest entry (truncated
-or replaced since the manifest was written) is an error naming the file.
+or replaced since the manifest was written) is an error naming the file, as are missing,
+unreadable, empty, wrong-rate and NaN/inf files; `bad_files="skip"` replaces such items
+instead (see `RawAudioDataset`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,28 @@ from wav2vec2.data.manifest import read_manifest
 
 logger = logging.getLogger(__name__)
 
+BAD_FILE_POLICIES = ("error", "skip")
+# Replacements tried for one bad item before giving up: that many bad candidates in a row
+# means something systemic (a missing directory, an unmounted disk), not bad luck.
+MAX_REPLACEMENT_TRIES = 100
+# A replacement is looked for among this many entries after the bad one: enough to find
+# one of about the same length, and cheap to sort in a manifest of millions.
+REPLACEMENT_WINDOW = 10_000
+
+
+class BadAudioFile(ValueError):
+    """An unusable audio file. `str()` names the file and manifest line; `reason` is the
+    short why (what `batch["bad_files"]` reports)."""
+
+    # Callable with the message alone: that is how a DataLoader worker's error is re-raised.
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class MissingAudioFile(BadAudioFile, FileNotFoundError):
+    pass
+
 
 class RawAudioDataset(torch.utils.data.Dataset):
     """Audio files listed in a fairseq manifest.
@@ -39,6 +63,11 @@ class RawAudioDataset(torch.utils.data.Dataset):
         resample: resample other rates with soxr. Reads every file's header at init to
             convert manifest lengths to `sample_rate`, so batching sees true sizes.
         pad: fine-tuning mode (padding collation); only changes `.sizes`.
+        bad_files: what a missing, unreadable, empty, truncated, wrong-rate or NaN/inf
+            file does when read. "error" raises `BadAudioFile` naming it and its manifest
+            line. "skip" returns a replacement (see `_replace`) whose item carries
+            "bad_file": "path (manifest:line): reason", which `Collater` gathers into
+            `batch["bad_files"]`.
     """
 
     def __init__(
@@ -51,7 +80,11 @@ class RawAudioDataset(torch.utils.data.Dataset):
         normalize: bool = False,
         resample: bool = False,
         pad: bool = False,
+        bad_files: str = "error",
     ) -> None:
+        if bad_files not in BAD_FILE_POLICIES:
+            raise ValueError(f"bad_files must be one of {BAD_FILE_POLICIES}, got {bad_files!r}")
+        self.bad_files = bad_files
         self.manifest_path = os.fspath(manifest_path)
         self.sample_rate = sample_rate
         self.max_sample_size = max_sample_size
@@ -107,28 +140,67 @@ class RawAudioDataset(torch.utils.data.Dataset):
         """The item's file and manifest line, for messages."""
         return f"{self._abspath(index)} ({self.manifest_path}:{self.lines[index]})"
 
-    _where = describe
-
     def __getitem__(self, index: int) -> dict:
+        try:
+            return self._load(index)
+        except BadAudioFile as e:
+            if self.bad_files == "error":
+                e.add_note("(in a training config, data.bad_files=skip replaces bad files instead)")
+                raise
+            item = self._replace(index)
+            item["bad_file"] = f"{self.describe(index)}: {e.reason}"
+            return item
+
+    def _replace(self, index: int) -> dict:
+        """A good item from the entries after `index` (wrapping around) that leaves the
+        batch's shape as it was: the first at least as long when cropping (pretraining
+        crops the batch to its shortest), at most as long when padding (so the token
+        budget holds); failing that, the nearest in length. Depends only on the manifest
+        and the files, so every rank and a resumed run pick the same.
+        """
+        after = (index + np.arange(1, min(len(self), REPLACEMENT_WINDOW + 1))) % len(self)
+        grow = self.sizes[after] - self.sizes[index]
+        misfit = np.maximum(grow, 0) if self.pad else np.maximum(-grow, 0)
+        candidates = after[np.argsort(misfit, kind="stable")[:MAX_REPLACEMENT_TRIES]]  # ties: manifest order
+        for j in candidates:
+            try:
+                return self._load(int(j))
+            except BadAudioFile:
+                continue  # reported when its own turn comes, not here
+        raise BadAudioFile(
+            f"data.bad_files=skip: {self.describe(index)} is bad, and so are the {len(candidates)} "
+            f"files tried in its place; is the corpus (root {self.root}) readable?"
+        )
+
+    def _bad(self, index: int, reason: str, hint: str = "", *, cls: type = BadAudioFile) -> BadAudioFile:
+        return cls(f"{self.describe(index)}: {reason}{hint}", reason)
+
+    def _load(self, index: int) -> dict:
         path = self._abspath(index)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"audio file not found: {self._where(index)}")
+            raise self._bad(index, "audio file not found", cls=MissingAudioFile)
+        if os.path.getsize(path) == 0:
+            raise self._bad(index, "empty file (0 bytes)")
         try:
-            wav, sr = sf.read(path, dtype="float32", always_2d=True)  # (L, channels)
+            with sf.SoundFile(path) as f:
+                sr, subtype = f.samplerate, f.subtype
+                wav = f.read(dtype="float32", always_2d=True)  # (L, channels)
         except Exception as e:  # libsndfile errors come as several types
-            raise ValueError(f"cannot read audio {self._where(index)}: {e}") from e
+            # libsndfile's own words, without the path we already name
+            raise self._bad(index, f"cannot read audio ({getattr(e, 'error_string', e)})") from e
+        if len(wav) == 0:
+            raise self._bad(index, "empty (0 samples)")
         if len(wav) != self.manifest_sizes[index]:
-            raise ValueError(
-                f"{self._where(index)}: file has {len(wav)} samples, manifest says "
-                f"{self.manifest_sizes[index]} (truncated or changed; rebuild the manifest)"
-            )
+            raise self._bad(index, f"file has {len(wav)} samples, manifest says {self.manifest_sizes[index]} "
+                                   "(truncated or changed)", "; rebuild the manifest")
+        # Only float files can hold NaN/inf, and one such sample poisons the whole run.
+        if subtype in ("FLOAT", "DOUBLE") and not np.isfinite(wav).all():
+            raise self._bad(index, "non-finite samples (NaN or inf)")
         wav = wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0]  # (L,)
         if sr != self.sample_rate:
             if not self.resample:
-                raise ValueError(
-                    f"{self._where(index)}: sample rate {sr} Hz, expected {self.sample_rate} Hz "
-                    "(resample the corpus, or set resample=True)"
-                )
+                raise self._bad(index, f"sample rate {sr} Hz, expected {self.sample_rate} Hz",
+                                " (resample the corpus, or set resample=True)")
             import soxr
 
             wav = soxr.resample(wav, sr, self.sample_rate, quality="HQ").astype(np.float32)
@@ -160,8 +232,8 @@ class LabelledAudioDataset(RawAudioDataset):
         labels = read_label_file(self.labels_path, dictionary=dictionary, num_lines=num_entries)
         self.labels = [labels[line - 2] for line in self.lines]  # manifest line 2 is entry 0
 
-    def __getitem__(self, index: int) -> dict:
-        item = super().__getitem__(index)
+    def _load(self, index: int) -> dict:
+        item = super()._load(index)  # so that a replacement item carries its own transcript
         item["target"] = torch.tensor(self.labels[index], dtype=torch.long)
         return item
 
@@ -239,7 +311,9 @@ def collate_finetune(
 class Collater:
     """Picklable collate for DataLoader workers: `collater(items, crop_seed=...)`.
 
-    `pad=False` is pretraining (`collate_pretrain`), `pad=True` fine-tuning.
+    `pad=False` is pretraining (`collate_pretrain`), `pad=True` fine-tuning. Items that
+    replaced a bad file (`RawAudioDataset(bad_files="skip")`) add `batch["bad_files"]`,
+    one "path (manifest:line): reason" string each.
     """
 
     def __init__(self, *, pad: bool, max_sample_size: int | None) -> None:
@@ -254,4 +328,7 @@ class Collater:
             # target (B, S) padded with <pad>, target_lengths (B,)
             batch["target"], batch["target_lengths"] = collate_targets([it["target"] for it in items],
                                                                        pad_index=PAD)
+        bad_files = [it["bad_file"] for it in items if "bad_file" in it]
+        if bad_files:  # only then: clean batches stay exactly as they were
+            batch["bad_files"] = bad_files
         return batch

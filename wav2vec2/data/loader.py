@@ -57,8 +57,12 @@ def build_dataloader(
     pin_memory: bool = False,
     persistent_workers: bool = False,
     prefetch_factor: int | None = None,
+    timeout: float = 0.0,
 ) -> torch.utils.data.DataLoader:
     """DataLoader yielding collated batches: pretraining crops, or padding if dataset.pad.
+
+    `timeout` (seconds, 0 = none, workers only): a worker that delivers no batch for that
+    long (hung on a dead network mount, say) ends the run with an error instead of a hang.
 
     Call `batch_sampler.set_epoch(e)` before iterating each epoch and
     `batch_sampler.mark_consumed()` after each used batch (see TokenBudgetBatchSampler).
@@ -76,6 +80,7 @@ def build_dataloader(
         # torch's global RNG, which would shift dropout streams and break exact resume.
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=_ignore_interrupts if num_workers > 0 else None,
+        timeout=timeout if num_workers > 0 else 0.0,
     )
 
 
@@ -102,10 +107,11 @@ class BatchStream:
         seed: int,
         num_workers: int,
         pin_memory: bool = False,
+        timeout: float = 0.0,
     ) -> None:
         self.sampler = sampler
         self.loader = build_dataloader(
-            dataset, sampler, seed=seed, num_workers=num_workers, pin_memory=pin_memory
+            dataset, sampler, seed=seed, num_workers=num_workers, pin_memory=pin_memory, timeout=timeout
         )
         self.epoch = sampler.epoch
         self.consumed = sampler.num_batches_consumed

@@ -144,7 +144,7 @@ class CtcTask(Task):
         dataset = LabelledAudioDataset(
             self.manifest(subset), labels_path=Path(d.manifest_dir) / f"{subset}.{t.labels}",
             dictionary=self.dictionary, sample_rate=d.sample_rate, min_sample_size=d.min_sample_size,
-            normalize=d.normalize,
+            normalize=d.normalize, bad_files=d.bad_files,
         )
         self._warn_unalignable(dataset, subset)
         return dataset

@@ -74,7 +74,7 @@ class PretrainTask(Task):
         return RawAudioDataset(
             self.manifest(subset), sample_rate=d.sample_rate,
             min_sample_size=d.min_sample_size, max_sample_size=d.max_sample_size or None,
-            normalize=d.normalize,
+            normalize=d.normalize, bad_files=d.bad_files,
         )
 
     def has_unused_parameters(self) -> bool:

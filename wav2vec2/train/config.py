@@ -49,6 +49,15 @@ class DataConfig:
     """Batch sizes are below this or a multiple of it (fairseq default 8)."""
     num_workers: int = 6
     """DataLoader worker processes per rank (0 loads in the training process)."""
+    bad_files: str = "error"
+    """A missing, unreadable, empty, truncated, wrong-rate or NaN/inf audio file found
+    while training or validating: "error" stops, naming the file and its manifest line;
+    "skip" replaces it with the next good file of the manifest (the same on every rank and
+    after a resume) and the trainer logs it to the run directory."""
+
+    def __post_init__(self) -> None:
+        if self.bad_files not in ("error", "skip"):
+            raise ValueError(f"data.bad_files must be error or skip, got {self.bad_files!r}")
 
 
 SCHEDULES = ("polynomial_decay", "tri_stage")
