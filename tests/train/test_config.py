@@ -110,6 +110,8 @@ def test_missing_required_value_fails_naming_it(compose_preset) -> None:
         (dict(optim=dict(clip_norm=-1.0)), "optim.clip_norm"),
         (dict(distributed=dict(simulated_world_size=64), optim=dict(update_freq=2)), "optim.update_freq"),
         (dict(distributed=dict(simulated_world_size=6)), "distributed.simulated_world_size"),
+        (dict(distributed=dict(timeout_minutes=0.0)), "distributed.timeout_minutes"),
+        (dict(train=dict(max_consecutive_nonfinite=-1)), "train.max_consecutive_nonfinite"),
     ],
 )
 def test_validate_names_the_bad_key(override: dict, key: str, compose_preset) -> None:

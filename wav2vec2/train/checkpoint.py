@@ -7,6 +7,9 @@ Every file is written to `<name>.tmp` in the same directory, fsynced, then renam
 target with `os.replace`, which is atomic on POSIX: a reader (or a resumed run after a
 SIGKILL) sees either the old complete file or the new complete one, never a torn file.
 `checkpoint_last` is written first in each save, so it is never older than a snapshot.
+A write that fails (disk full, permissions) removes its `.tmp`, leaves the file it would
+have replaced untouched and raises CheckpointWriteError naming the path and errno. Pruning
+old snapshots never removes the newest one that loads.
 
 File I/O only: what goes into a checkpoint is the trainer's business, the RNG states and
 seeding are in `state.py`.
@@ -14,6 +17,7 @@ seeding are in `state.py`.
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -43,15 +47,38 @@ def serialize(state: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+class CheckpointWriteError(RuntimeError):
+    """A file of the run directory could not be written; the one it was to replace is intact."""
+
+    def __init__(self, message: str, *, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is always either absent, old or new, complete."""
+    """Write `data` to `path` so that `path` is always either absent, old or new, complete.
+
+    Raises CheckpointWriteError if the file cannot be written, leaving no `.tmp` behind.
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # the directory itself is unwritable: nothing was created to remove
+            pass
+        name = errno.errorcode.get(err.errno, "?") if err.errno is not None else "no errno"
+        raise CheckpointWriteError(
+            f"cannot write {path}: {err.strerror or err} (errno {err.errno}, {name}). The previous file is "
+            "intact; training stops rather than run on without checkpoints. Free disk space or fix the "
+            "permissions of the run directory, then rerun the same command to resume.", errno=err.errno,
+        ) from err
     # fsync the directory so the rename itself survives a power loss, not just a SIGKILL.
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -63,8 +90,15 @@ def atomic_write(path: Path, data: bytes) -> None:
 def save(
     run_dir: Path, state: dict[str, Any], *, snapshot: bool, best: bool, keep_last: int
 ) -> None:
-    """Write `checkpoint_last`, then optionally a snapshot and `checkpoint_best`; prune."""
+    """Write `checkpoint_last`, then optionally a snapshot and `checkpoint_best`; prune.
+
+    First removes the `.tmp` files of writes a kill interrupted: a resumed run may never
+    write that name again (the snapshot of the update it resumes at), so they would stay.
+    Only rank 0 writes checkpoints, so no other write is in flight.
+    """
     run_dir = Path(run_dir)
+    for stray in run_dir.glob("checkpoint*.pt.tmp"):
+        stray.unlink(missing_ok=True)
     data = serialize(state)
     atomic_write(run_dir / LAST, data)
     if snapshot:
@@ -81,10 +115,30 @@ def snapshots(run_dir: Path) -> list[Path]:
 
 
 def prune_snapshots(run_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` snapshots (0 keeps all), except that when none
+    of those loads (a torn or corrupt file), the newest older one that does is kept too."""
     if keep_last <= 0:
         return
-    for old in snapshots(run_dir)[:-keep_last]:
-        old.unlink(missing_ok=True)
+    found = snapshots(run_dir)
+    kept, old = found[-keep_last:], found[:-keep_last]
+    if old and not any(_loads(p) for p in reversed(kept)):
+        good = next((p for p in reversed(old) if _loads(p)), None)
+        if good is not None:
+            log.warning("newest snapshots unreadable: keeping %s, the newest one that loads", good)
+            old.remove(good)
+    for path in old:
+        path.unlink(missing_ok=True)
+
+
+def _loads(path: Path) -> bool:
+    """Whether `path` is a complete checkpoint: its pickle reads, tensors memory-mapped,
+    so even a large file is checked without reading its tensor data."""
+    try:
+        with torch.serialization.safe_globals([*_NUMPY_ARRAYS, _NUMPY_RECONSTRUCT]):
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not loadable"
+        return False
 
 
 class UnsafeCheckpointError(ValueError):

@@ -14,7 +14,12 @@ names its task (`task: pretrain`, `task: ctc`) and that task is trained:
 
 Rerunning the same command with the same run_dir resumes from its last checkpoint. Errors
 a user can fix (a missing file, a bad value, an unknown key) print one line that says what
-to do; W2V_DEBUG=1 shows the traceback instead. This is the only module of the package
+to do; W2V_DEBUG=1 shows the traceback instead.
+
+Exit status: 0 the run reached its end; 75 (EX_TEMPFAIL, "try again") it was preempted
+(SIGTERM, SIGUSR1, `train.time_limit_minutes`) and checkpointed, so a job script can
+requeue on it; 130 Ctrl-C; 2 a usage mistake; 1 any other error (a bad value, a diverged
+run, a checkpoint that could not be written). This is the only module of the package
 that imports hydra at import time.
 """
 
@@ -38,6 +43,8 @@ from wav2vec2.train.config import TrainConfig
 # The repository's configs/ (an editable or source install); `--config-dir` adds another.
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 _NOT_PRESETS = {"common"}  # shared defaults, not a run
+EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: temporary failure, the user is invited to retry
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 
 def register_configs() -> None:
@@ -150,22 +157,30 @@ register_configs()
 @hydra.main(config_path=CONFIG_DIR, config_name="tiny", version_base="1.3")
 def _train(cfg: DictConfig) -> None:
     from wav2vec2.tasks import build_task  # the loop and models load late: --help stays fast
+    from wav2vec2.train.checkpoint import CheckpointWriteError
     from wav2vec2.train.trainer import Trainer
 
     try:
         train_cfg = to_train_config(cfg)
-        Trainer(train_cfg, build_task(train_cfg)).fit()
+        trainer = Trainer(train_cfg, build_task(train_cfg))
+        trainer.fit()
     except MissingMandatoryValue as err:
         key = getattr(err, "full_key", "") or str(err).split(":")[-1].strip()
         _fail(f"{key} is not set: add {key}=... to the command (see --help)", 2)
-    except (FileNotFoundError, ValueError, FloatingPointError) as err:
+    except (FileNotFoundError, ValueError, FloatingPointError, CheckpointWriteError) as err:
         if os.environ.get("W2V_DEBUG"):
             raise
         _fail(f"{err}\n(W2V_DEBUG=1 shows the traceback)")
     except KeyboardInterrupt:
         if os.environ.get("W2V_DEBUG"):
             raise
-        _fail("interrupted; rerun the same command to resume from the last checkpoint", 130)
+        _fail("interrupted; rerun the same command to resume from the last checkpoint", EXIT_INTERRUPTED)
+    if trainer.stop_reason == "preempted":
+        print(f"preempted at update {trainer.num_updates}, checkpoint written: rerun the same command to resume "
+              f"(exit status {EXIT_PREEMPTED})", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+    if trainer.stop_reason == "interrupted":
+        sys.exit(EXIT_INTERRUPTED)  # the trainer has said where it stopped and how to resume
 
 
 def main() -> None:

@@ -114,6 +114,11 @@ class DistributedConfig:
     """torch.distributed backend: "auto" (nccl on CUDA, gloo on CPU), "nccl" or "gloo"."""
     find_unused_parameters: bool | None = None
     """DDP's flag; None means True exactly when transformer layerdrop > 0."""
+    timeout_minutes: float = 30.0
+    """How long a collective (gradient all-reduce, barrier...) may wait for the other ranks
+    before the run fails with an error naming it, instead of hanging. 30 minutes covers a
+    slow checkpoint write or validation on rank 0 and is far below NCCL's own default
+    (hours with some builds), so a rank that died or hangs costs half an hour, not a job."""
 
 
 @dataclass
@@ -185,7 +190,18 @@ class LoopConfig:
     schedule (job chaining on time-limited clusters); 0 runs to `optim.max_update`."""
     time_limit_minutes: float = 0.0
     """Checkpoint and exit after this much wall time; 0 = no limit. SIGTERM and SIGUSR1
-    do the same at the next update boundary."""
+    do the same at the next update boundary. Either way `scripts/train.py` exits with
+    status 75 (EX_TEMPFAIL, "try again"): rerunning the same command resumes. On SLURM,
+    `sbatch --signal=USR1@120` sends SIGUSR1 to the job's tasks two minutes before its
+    time limit, leaving time for the checkpoint; a job script that resubmits itself on
+    status 75 chains jobs to the end of training."""
+    max_consecutive_nonfinite: int = 10
+    """Updates whose loss or gradient norm is inf/nan (fp32, bf16) are skipped: no
+    optimizer step, the update count and lr stay, the batches are consumed; each is logged
+    with its files and counted (`nonfinite_skips`). More than this many in a row stop the
+    run with an error, leaving the last checkpoint as it was; 0 stops at the first. 10: a
+    rare bad batch costs one update, while a diverged model stops within minutes. fp16 has
+    its own rule: overflows lower the loss scale, down to `precision.min_loss_scale`."""
     device: str = "auto"
     """"auto" (cuda:LOCAL_RANK if available, else cpu), "cpu" or "cuda"."""
     deterministic: bool = False
@@ -240,6 +256,11 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> TrainConfig:
         raise ValueError(f"optim.clip_norm must be >= 0 (0 = off), got {o.clip_norm}")
     if cfg.checkpoint.save_every <= 0:
         raise ValueError(f"checkpoint.save_every must be > 0, got {cfg.checkpoint.save_every}")
+    if cfg.train.max_consecutive_nonfinite < 0:
+        raise ValueError(f"train.max_consecutive_nonfinite must be >= 0 (0 = stop at the first), "
+                         f"got {cfg.train.max_consecutive_nonfinite}")
+    if not d.timeout_minutes > 0:
+        raise ValueError(f"distributed.timeout_minutes must be > 0, got {d.timeout_minutes}")
     if cfg.train.validate_after_updates < 0:
         raise ValueError(f"train.validate_after_updates must be >= 0, got {cfg.train.validate_after_updates}")
     validate_schedule(o)

@@ -43,9 +43,15 @@ log = logging.getLogger("wav2vec2.train")
 CHECKPOINT_VERSION = 2  # 2: + "task" state and "best_valid_metric"; version 1 files still load
 
 
+class NonFiniteTrainingError(FloatingPointError):
+    """Too many updates in a row with an inf/nan loss or gradient norm (the message says
+    what usually causes it)."""
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, task: Task) -> None:
-        self.dist = dist_utils.init_distributed(backend=cfg.distributed.backend, device=cfg.train.device)
+        self.dist = dist_utils.init_distributed(backend=cfg.distributed.backend, device=cfg.train.device,
+                                                timeout_minutes=cfg.distributed.timeout_minutes)
         setup_logging(self.dist.is_main)
         held_log = hold_log() if self.dist.is_main else None  # for train.log, once run_dir exists
         task.prepare()  # may fix the architecture (a pretrained model's), so before anything else
@@ -83,7 +89,20 @@ class Trainer:
         self.valid_loader = self._build_valid_loader()
         self.num_updates = 0
         self.best_valid = -math.inf if task.higher_is_better else math.inf
+        self.num_nonfinite_skips = 0
+        """Updates skipped for an inf/nan loss or gradient norm (fp32/bf16), over the whole run."""
+        self._consecutive_nonfinite = 0
+        self.num_bad_files = 0
+        """Files the data pipeline replaced (`data.bad_files: skip`), over all ranks and the whole run."""
+        self._bad_files_path = self.run_dir / f"bad_files.rank{self.dist.rank}.txt"
+        self._bad_files_seen = set(self._bad_files_path.read_text().splitlines()) \
+            if self._bad_files_path.is_file() else set()
         self._stop_requested = False
+        self._interrupted = False
+        self.stop_reason: str | None = None
+        """Why the last `fit` ended before `optim.max_update` / `train.stop_at_update`, with a
+        checkpoint written: "preempted" (SIGTERM, SIGUSR1, `train.time_limit_minutes`) or
+        "interrupted" (Ctrl-C); None when it ran to the end. The CLI's exit status follows it."""
 
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -113,8 +132,10 @@ class Trainer:
 
     def _build_train_stream(self) -> BatchStream:
         dataset = self.task.build_dataset(self.cfg.data.train_subset)
+        self.train_dataset = dataset  # for messages naming a batch's files
         return BatchStream(dataset, self._sampler(dataset.sizes, train=True), seed=self.cfg.seed,
-                           num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+                           num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
+                           timeout=60 * self.cfg.distributed.timeout_minutes)  # a hung worker, as a hung peer
 
     def _build_valid_loader(self) -> torch.utils.data.DataLoader | None:
         if not self.cfg.data.valid_subset:
@@ -143,8 +164,11 @@ class Trainer:
     def train_step(self, micro_batches: list[tuple[int, int, dict[str, Any]]]) -> dict[str, float] | None:
         """Forward/backward over this rank's micro-batches, then one optimizer update.
 
-        Returns the update's metrics, or None when fp16 overflowed: the update is skipped
-        and the update count (hence lr and any schedule of the task) does not advance.
+        Returns the update's metrics, or None when the update is skipped: fp16 overflowed
+        (the loss scaler lowers its scale), or in fp32/bf16 the loss or gradient norm is
+        not finite (see `_skip_nonfinite`). A skipped update leaves the weights, the
+        optimizer and the update count (hence lr and any schedule of the task) as they
+        were; its batches are consumed all the same.
         """
         self.ddp_model.train()
         loss_scale = self.scaler.scale if self.scaler is not None else 1.0
@@ -154,28 +178,35 @@ class Trainer:
             self.generator.manual_seed(batch_seed(self.cfg.seed, epoch, position, stream=STREAM_TRAIN))
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last or self.ddp_model is self.model else self.ddp_model.no_sync()
+            num_bad = self._take_bad_files(batch)
             counts = self._batch_counts(batch)
             with sync:
                 with self._autocast():
                     out = self.task.loss(self.ddp_model, self._to_device(batch), num_updates=self.num_updates,
                                          generator=self.generator)
                 (out.loss * loss_scale).backward()
-            sums.add(out.sums, sample_size=out.sample_size, **counts)
+            # The back-propagated loss joins the sums, so its finiteness is decided on the
+            # all-reduced total: the same on every rank, and no host sync per micro-batch.
+            sums.add(out.sums, sample_size=out.sample_size, _loss=out.loss.detach(), _bad_files=num_bad, **counts)
         totals = sums.all_reduce()
+        self.num_bad_files += int(totals.pop("_bad_files"))
+        loss_sum = totals.pop("_loss")
         n = totals["sample_size"]
         # DDP averaged over ranks: x world / n turns the summed-loss gradient into a per-sample mean.
         scale_grads_(self.params, self.dist.world_size / (n * loss_scale))
-        gnorm = grad_norm(self.params, self.cfg.optim.clip_norm)
-        overflow = not math.isfinite(gnorm)
+        gnorm = grad_norm(self.params, self.cfg.optim.clip_norm)  # all-reduced grads: agrees on all ranks
+        nonfinite = not (math.isfinite(gnorm) and math.isfinite(loss_sum))
         if self.scaler is not None:
-            self.scaler.update(overflow)
-            if overflow:
+            self.scaler.update(nonfinite)
+            if nonfinite:
                 log.warning("fp16 overflow at update %d: skipped, loss scale now %g",
                             self.num_updates + 1, self.scaler.scale)
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
-        elif overflow:
-            raise FloatingPointError(f"non-finite gradient norm at update {self.num_updates + 1}")
+        elif nonfinite:
+            self._skip_nonfinite(micro_batches, loss_sum=loss_sum, gnorm=gnorm)
+            return None
+        self._consecutive_nonfinite = 0
         lr = lr_at(self.num_updates, self.cfg.optim)
         set_lr(self.optimizer, lr)
         metrics = self.task.metrics(totals, num_updates=self.num_updates)
@@ -186,6 +217,51 @@ class Trainer:
         if self.scaler is not None:
             metrics["loss_scale"] = loss_scale
         return metrics
+
+    def _skip_nonfinite(self, micro_batches: list[tuple[int, int, dict[str, Any]]], *, loss_sum: float,
+                        gnorm: float) -> None:
+        """Drop an update whose loss or gradient norm is inf/nan; stop the run after more
+        than `train.max_consecutive_nonfinite` in a row. Every rank gets here together
+        (both numbers are all-reduced), and each names its own share of the batch."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.num_nonfinite_skips += 1
+        self._consecutive_nonfinite += 1
+        u = self.num_updates + 1
+        files = [self.train_dataset.describe(int(i)) for _, _, batch in micro_batches for i in batch["id"]]
+        log.warning("non-finite %s at update %d (loss sum %g, grad norm %g): update skipped (%d in a row, %d "
+                    "in this run); rank %d's batch: %s", "loss" if not math.isfinite(loss_sum) else "gradient norm",
+                    u, loss_sum, gnorm, self._consecutive_nonfinite, self.num_nonfinite_skips, self.dist.rank,
+                    "; ".join(files))
+        limit = self.cfg.train.max_consecutive_nonfinite
+        if self._consecutive_nonfinite > limit:
+            raise NonFiniteTrainingError(
+                f"{self._consecutive_nonfinite} updates in a row had a non-finite loss or gradient norm (update "
+                f"{u}; train.max_consecutive_nonfinite={limit}): training stopped. The checkpoints in "
+                f"{self.run_dir} are left as they were (no state after a non-finite update is ever saved). "
+                "Likely causes: a learning rate too high or too little warm-up (lower optim.lr, raise "
+                "optim.warmup_updates, set optim.clip_norm); fp16 overflow (use precision.dtype=bf16, or fp32); "
+                "the feature penalty or model.feature_grad_mult blowing up the feature encoder; a corrupt, "
+                "empty or silent file (a constant clip with data.normalize=true divides by zero): the files "
+                "of each skipped batch are in the warnings above. Fix the cause, then rerun the same "
+                "command to resume from that checkpoint.")
+
+    def _take_bad_files(self, batch: dict[str, Any]) -> int:
+        """Pop `batch["bad_files"]` (lines "path (manifest:line): reason", one per file the
+        data pipeline replaced under `data.bad_files: skip`; absent when none was). Each rank
+        appends the files it has not listed before to its own `run_dir/bad_files.rank{R}.txt`
+        (no cross-rank traffic, no two writers on one file) and warns once per file.
+        Returns how many files of this batch were replaced."""
+        lines = batch.pop("bad_files", None) or []
+        new = [line for line in dict.fromkeys(lines) if line not in self._bad_files_seen]
+        if new:
+            self._bad_files_seen.update(new)
+            self.run_dir.mkdir(parents=True, exist_ok=True)  # rank > 0 on a node of its own
+            with open(self._bad_files_path, "a") as f:
+                f.write("".join(f"{line}\n" for line in new))
+            for line in new:
+                log.warning("bad file left out of training at update %d: %s (listed in %s)",
+                            self.num_updates + 1, line, self._bad_files_path.name)
+        return len(lines)
 
     # ---------------------------------------------------------------- validation
     @torch.no_grad()
@@ -205,6 +281,7 @@ class Trainer:
                 break
             position = self.dist.rank + i * self.dist.world_size
             self.generator.manual_seed(batch_seed(self.cfg.seed, 0, position, stream=STREAM_VALID))
+            self._take_bad_files(batch)
             counts = self._batch_counts(batch)
             with self._autocast():
                 out = self.task.valid_step(self.model, self._to_device(batch), num_updates=self.num_updates,
@@ -220,13 +297,32 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
     def fit(self) -> dict[str, float] | None:
         """Train to `optim.max_update` (or `train.stop_at_update`, a time limit or SIGTERM),
-        validating and checkpointing on the way. Returns the last validation metrics."""
+        validating and checkpointing on the way. Returns the last validation metrics.
+
+        `stop_reason` says afterwards whether (and why) it stopped early. An error (too
+        many non-finite updates, a checkpoint that cannot be written) propagates, leaving
+        the last checkpoint as it was."""
         cfg = self.cfg
         end = min(cfg.optim.max_update, cfg.train.stop_at_update or cfg.optim.max_update)
+        self.stop_reason = None
         if self.num_updates >= end:
             log.info("run already at update %d of %d: nothing to do", self.num_updates, end)
             return None
         previous_handlers = self._install_signal_handlers()
+        try:
+            return self._loop(end)
+        finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+            if self.metrics is not None:
+                self.metrics.close()
+            if getattr(self, "_log_file", None) is not None:
+                logging.getLogger("wav2vec2").removeHandler(self._log_file)
+                self._log_file.close()
+                self._log_file = None
+
+    def _loop(self, end: int) -> dict[str, float] | None:
+        cfg = self.cfg
         t_start = time.monotonic()
         averager = Averager(weights=self.task.interval_weights)
         valid: dict[str, float] | None = None
@@ -245,7 +341,7 @@ class Trainer:
             averager.add(metrics)
             u = self.num_updates
             if u % cfg.logging.log_every == 0 or u == end:
-                self._log("train", averager.mean())
+                self._log("train", {**averager.mean(), **self._run_counts()})
                 averager.reset()
             new_epoch = micro[-1][0] > micro_epoch
             micro_epoch = micro[-1][0]
@@ -261,7 +357,8 @@ class Trainer:
             refresh = cfg.checkpoint.save_last_every and u % cfg.checkpoint.save_last_every == 0
             if (snapshot or refresh or stop or new_best) and u < end:
                 self.save(snapshot=snapshot, best=new_best)
-            if stop:
+            if stop and u < end:
+                self.stop_reason = stop
                 log.info("stopped at update %d with a checkpoint; rerun the same command to resume", u)
                 break
         if self.num_updates == end:
@@ -270,17 +367,16 @@ class Trainer:
                 new_best = self._is_best(valid)
             snapshot = self.num_updates % cfg.checkpoint.save_every == 0
             self.save(snapshot=snapshot, best=new_best)
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
-        if self.metrics is not None:
-            self.metrics.close()
-            if self.num_updates == end and self.metrics.history:
+            if self.metrics is not None and self.metrics.history:
                 lines, _ = self.task.verdict(self.metrics.history)
                 log.info("summary of %s\n%s", self.run_dir, "\n".join(lines))
-        if getattr(self, "_log_file", None) is not None:
-            logging.getLogger("wav2vec2").removeHandler(self._log_file)
-            self._log_file.close()
         return valid
+
+    def _run_counts(self) -> dict[str, int]:
+        """Run totals that join the train rows once they are non-zero (rows of a clean run
+        stay as they were): skipped non-finite updates and replaced bad files."""
+        counts = {"nonfinite_skips": self.num_nonfinite_skips, "bad_files": self.num_bad_files}
+        return {k: v for k, v in counts.items() if v}
 
     def _validate(self) -> dict[str, float] | None:
         valid = self.evaluate()
@@ -315,6 +411,9 @@ class Trainer:
                 if self._stop_requested:
                     raise KeyboardInterrupt
                 log.warning("Ctrl-C: stopping with a checkpoint after this update (Ctrl-C again to quit now)")
+                self._interrupted = True
+            else:
+                log.warning("%s: stopping with a checkpoint after this update", signal.Signals(signum).name)
             self._stop_requested = True
 
         previous = {}
@@ -324,12 +423,17 @@ class Trainer:
                     previous[sig] = signal.signal(sig, request_stop)
         return previous
 
-    def _should_stop(self, t_start: float) -> bool:
+    def _should_stop(self, t_start: float) -> str | None:
+        """None to go on, else the `stop_reason`: "interrupted" (Ctrl-C on any rank) or
+        "preempted" (SIGTERM / SIGUSR1 or the time limit)."""
         limit = self.cfg.train.time_limit_minutes
         stop = self._stop_requested or (limit > 0 and time.monotonic() - t_start > 60 * limit)
-        # One rank's signal must stop them all at the same update.
-        flag = dist_utils.all_reduce_sum(torch.tensor([float(stop)], device=self.device))
-        return bool(flag.item() > 0)
+        # One rank's signal must stop them all at the same update, for the same reason.
+        flags = dist_utils.all_reduce_sum(torch.tensor([float(stop), float(self._interrupted)], device=self.device))
+        stop_any, interrupted_any = flags.tolist()
+        if not stop_any:
+            return None
+        return "interrupted" if interrupted_any else "preempted"
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -343,6 +447,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "loss_scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "num_updates": self.num_updates,
+            "nonfinite_skips": self.num_nonfinite_skips,
+            "bad_files": self.num_bad_files,
             "best_valid_metric": {"name": self.task.best_metric, "value": self.best_valid},
             "data": self.stream.state_dict(),
             "rng": rng_states,
@@ -351,10 +457,23 @@ class Trainer:
         }
 
     def save(self, *, snapshot: bool, best: bool) -> None:
+        """Write the checkpoint files (rank 0). A write that fails (disk full, permissions)
+        stops the run on every rank with CheckpointWriteError: the files already there stay
+        intact, and a run that cannot checkpoint must not train on for days at risk."""
         state = self.state_dict()
+        failure: ckpt.CheckpointWriteError | None = None
         if self.dist.is_main:
-            ckpt.save(self.run_dir, state, snapshot=snapshot, best=best, keep_last=self.cfg.checkpoint.keep_last)
-        dist_utils.barrier()
+            try:
+                ckpt.save(self.run_dir, state, snapshot=snapshot, best=best, keep_last=self.cfg.checkpoint.keep_last)
+            except ckpt.CheckpointWriteError as err:
+                log.error("%s", err)
+                failure = err
+        # Also the barrier: every rank learns whether rank 0's write worked.
+        failed = dist_utils.all_reduce_sum(torch.tensor([float(failure is not None)], device=self.device))
+        if failure is not None:
+            raise failure
+        if failed.item() > 0:
+            raise ckpt.CheckpointWriteError(f"rank 0 could not write a checkpoint to {self.run_dir} (its log says why)")
 
     def _restore(self) -> None:
         """Resume from `run_dir` if it holds a checkpoint, else start from
@@ -383,6 +502,8 @@ class Trainer:
                 self.scaler.load_state_dict(state["loss_scaler"])
         if not resets["schedule"]:
             self.num_updates = int(state["num_updates"])
+            self.num_nonfinite_skips = int(state.get("nonfinite_skips", 0))
+            self.num_bad_files = int(state.get("bad_files", 0))
         if not resets["dataloader"]:
             try:
                 self.stream.load_state_dict(state["data"])

@@ -1,0 +1,139 @@
+"""torchrun restarts a two-rank run after one worker is SIGKILLed, and nothing is lost.
+
+torchrun's elastic agent sees rank 1 die (exit -9), stops rank 0, and, with
+`--max-restarts=1`, starts both again; they resume from the run directory's last
+checkpoint. The final weights equal those of an uninterrupted two-rank run bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from wav2vec2.train import checkpoint as ckpt
+
+REPO = Path(__file__).resolve().parents[2]
+NUM_UPDATES = 8
+KILL_AT = 3  # updates the run has logged (and checkpointed) when rank 1 is killed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(corpus: Path, run: Path, log: Path) -> subprocess.Popen:
+    # A fixed free port rather than `--standalone`: the agent's c10d store and the
+    # workers' gloo group then never collide with another test's.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", "--monitor-interval=0.1",
+           str(REPO / "scripts" / "train.py"), "--config-name", "tiny", f"data.manifest_dir={corpus}",
+           f"run_dir={run}", f"optim.max_update={NUM_UPDATES}", "checkpoint.save_every=1",
+           "checkpoint.keep_last=1", "logging.tensorboard=false", "train.validate_every=0"]
+    # No TORCH_DISABLE_SHARE_RDZV_TCP_STORE: the restart must work as users launch it, which
+    # on torch >= 2.5 depends on init_distributed's per-restart store prefix (#135712).
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4, after the command name
+                found.append(int(entry))
+    return found
+
+
+def _worker_of_rank(agent: int, rank: int) -> int | None:
+    for pid in _children(agent):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ:
+            return pid
+    return None
+
+
+def _train_updates(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return [r["num_updates"] for r in records if r["split"] == "train"]
+
+
+def _kill_workers(run: Path) -> None:
+    """SIGKILL every process training into `run`: torchrun starts its workers in sessions
+    of their own, so a failed torchrun can leave them hung on a collective."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"run_dir={run}".encode() in (entry / "cmdline").read_bytes().split(b"\0"):
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout: float, run: Path) -> None:
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise AssertionError(f"torchrun timed out:\n{log.read_text()[-4000:]}") from None
+    finally:
+        _kill_workers(run)  # none left after a clean exit; hung ones after a failure
+    assert rc == 0, f"torchrun exited {rc}:\n{log.read_text()[-4000:]}"
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_a_killed_worker_and_loses_nothing(tiny_corpus: Path, tmp_path: Path) -> None:
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    ref_log, killed_log = tmp_path / "reference.log", tmp_path / "killed.log"
+    _finish(_torchrun(tiny_corpus, reference, ref_log), ref_log, timeout=120, run=reference)
+
+    proc = _torchrun(tiny_corpus, killed, killed_log)
+    try:
+        deadline = time.monotonic() + 90
+        while len(_train_updates(killed)) < KILL_AT:
+            assert proc.poll() is None, f"finished before the kill:\n{killed_log.read_text()[-4000:]}"
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.02)
+        victim = _worker_of_rank(proc.pid, 1)
+        assert victim is not None, "no worker with RANK=1 under torchrun"
+        os.kill(victim, signal.SIGKILL)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        _kill_workers(killed)
+        raise
+    _finish(proc, killed_log, timeout=120, run=killed)
+
+    log = killed_log.read_text()
+    assert "exitcode: -9" in log and f"local_rank: 1 (pid: {victim})" in log  # torchrun saw the kill
+    restored = [int(u) for u in re.findall(r"restored \S+ at update (\d+)", log)]
+    assert restored and restored[0] >= KILL_AT - 1, restored  # the restarted workers resumed
+    a, b = ckpt.load(reference / ckpt.LAST), ckpt.load(killed / ckpt.LAST)
+    assert a["num_updates"] == b["num_updates"] == NUM_UPDATES and b["world_size"] == 2
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert _train_updates(killed) == list(range(1, NUM_UPDATES + 1))  # each update logged once
+    assert not [p.name for p in killed.iterdir() if p.name.endswith(".tmp")]

@@ -1,0 +1,155 @@
+"""Twenty SIGKILLs at random moments of one run lose nothing: the weights equal an
+uninterrupted run's bit for bit.
+
+Stronger than tests/train/test_checkpoint.py's two kills: each of the 20 kills hits one of
+- an update in progress (a random delay after an update was logged),
+- a checkpoint write (as soon as a `.tmp` file appears; checkpoints are written every update),
+- start-up (importing, building, restoring, DataLoader workers starting),
+and kills the whole process group, so the two DataLoader workers die with the trainer.
+The kill moments come from a seeded RNG (seed 0, or `FAULT_SEED=N`), printed with the
+figures (`-s` shows them). Moments are wall-clock, so a seed replays the same kinds of
+kill at about the same points, not to the instruction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from wav2vec2.train import checkpoint as ckpt
+
+REPO = Path(__file__).resolve().parents[2]
+NUM_KILLS = 20
+NUM_UPDATES = 30
+
+
+def _train_updates(run: Path) -> list[int]:
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return [r["num_updates"] for r in records if r["split"] == "train"]
+
+
+def _losses(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert len(train) == len({r["num_updates"] for r in train}), "an update was logged twice"
+    return {r["num_updates"]: r["loss"] for r in train}
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":  # field 5 is the process group
+                members.append(int(entry))
+    return members
+
+
+def _tmp_files(run: Path) -> set[tuple[str, int]]:
+    if not run.exists():
+        return set()
+    return {(p.name, p.stat().st_mtime_ns) for p in run.iterdir() if p.name.endswith(".tmp")}
+
+
+def _restored_update(run: Path) -> int:
+    found = ckpt.load_latest(run)
+    return 0 if found is None else found[1]["num_updates"]
+
+
+@pytest.mark.slow
+def test_twenty_sigkills_at_random_moments_lose_nothing(tiny_corpus: Path, tmp_path: Path, train_script) -> None:
+    seed = int(os.environ.get("FAULT_SEED", 0))
+    print(f"\nFAULT_SEED={seed}")
+    rng = random.Random(seed)
+    common = [f"data.manifest_dir={tiny_corpus}", f"optim.max_update={NUM_UPDATES}", "checkpoint.save_every=1",
+              "checkpoint.keep_last=1", "logging.tensorboard=false", "train.validate_every=0",
+              "data.num_workers=2"]
+    reference, run = tmp_path / "reference", tmp_path / "killed"
+    train_script(*common, f"run_dir={reference}")
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), *common, f"run_dir={run}"]
+    kinds: dict[str, int] = {"update": 0, "write": 0, "startup": 0}
+    redone = resumed = torn = 0
+    for kill in range(NUM_KILLS):
+        start = _restored_update(run)
+        resumed += kill > 0 and start > 0
+        tmp_before = _tmp_files(run)
+        kind = rng.choice(list(kinds))
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)  # its own process group, DataLoader workers included
+        try:
+            deadline = time.monotonic() + 60
+            if kind == "startup":
+                time.sleep(rng.uniform(0.2, 4.0))
+            elif kind == "update":
+                wanted = start + rng.randint(1, 2)
+                while max(_train_updates(run), default=0) < wanted and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                time.sleep(rng.uniform(0.0, 0.3))
+            else:  # the first checkpoint write after a random number of updates
+                wanted = start + rng.randint(0, 1)
+                while max(_train_updates(run), default=0) < wanted and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                # Busy polling: a tiny checkpoint is written in milliseconds. Leftovers of
+                # earlier kills do not count.
+                stale = {name for name, _ in tmp_before}
+                while time.monotonic() < deadline and not any(
+                        n.endswith(".tmp") and n not in stale for n in (os.listdir(run) if run.exists() else ())):
+                    pass
+            assert proc.poll() is None, f"kill {kill}: the run ended (rc {proc.returncode}) before its kill"
+            assert time.monotonic() < deadline, f"kill {kill} ({kind}): no progress in 60 s"
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        kinds[kind] += 1
+        torn += bool(_tmp_files(run) - tmp_before)  # killed mid-write
+        logged = max(_train_updates(run), default=0)
+        redone += max(0, logged - _restored_update(run))  # logged past the checkpoint it will resume from
+        for _ in range(100):  # SIGKILL is delivered at once; reaping the workers can lag a little
+            if not _group_members(proc.pid):
+                break
+            time.sleep(0.05)
+        assert not _group_members(proc.pid), f"kill {kill}: processes of the group survived"
+    resumed += _restored_update(run) > 0
+    train_script(*common, f"run_dir={run}")
+
+    print(f"faults injected: {NUM_KILLS} ({kinds}), {torn} of them mid-write; "
+          f"runs recovered: {NUM_KILLS}/{NUM_KILLS} relaunches, {resumed} from a checkpoint (the others were "
+          f"killed before their first); logged updates redone: {redone}")
+    a, b = ckpt.load(reference / ckpt.LAST), ckpt.load(run / ckpt.LAST)
+    assert a["num_updates"] == b["num_updates"] == NUM_UPDATES
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    la, lb = _losses(reference), _losses(run)
+    assert list(lb) == list(range(1, NUM_UPDATES + 1)) and la == lb
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]  # torn writes cleaned up
+
+
+@pytest.mark.slow
+def test_a_torn_snapshot_write_leaves_no_temp_file(tiny_corpus: Path, tmp_path: Path, train_script) -> None:
+    """save() writes checkpoint_last, then the snapshot; a kill during the snapshot's write
+    resumes from last at the same update, so the snapshot's .tmp is never rewritten."""
+    common = [f"data.manifest_dir={tiny_corpus}", "checkpoint.save_every=1", "checkpoint.keep_last=1",
+              "logging.tensorboard=false", "train.validate_every=0", f"run_dir={tmp_path}"]
+    train_script(*common, "optim.max_update=2")
+    (tmp_path / (ckpt.snapshot_name(2) + ".tmp")).write_bytes(b"half a checkpoint")  # the torn write
+    train_script(*common, "optim.max_update=3")
+    assert ckpt.load(tmp_path / ckpt.LAST)["num_updates"] == 3
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
