@@ -24,12 +24,20 @@ Entry = tuple[str, int]  # (path relative to root, number of samples)
 def read_manifest(path: str | os.PathLike) -> tuple[str, list[Entry]]:
     """Read a fairseq manifest; returns (root, [(relpath, num_samples), ...]).
 
-    Raises ValueError naming the file and 1-based line number for any malformed line.
-    Trailing empty lines are ignored; an empty line in the middle is an error, as in fairseq.
+    Raises ValueError naming the file and 1-based line number for any malformed line, or
+    for bytes that are not UTF-8. Trailing empty lines are ignored; an empty line in the
+    middle is an error, as in fairseq. Lines end at \n, \r\n or a lone \r (Python's
+    universal newlines, which fairseq reads with too); a UTF-8 byte order mark is skipped.
     """
     path = os.fspath(path)
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        lineno = len(_split_lines(data[: e.start].decode("utf-8-sig")))
+        raise ValueError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    lines = _split_lines(text)
     while lines and lines[-1].strip() == "":
         lines.pop()
     if not lines:
@@ -39,7 +47,7 @@ def read_manifest(path: str | os.PathLike) -> tuple[str, list[Entry]]:
         raise ValueError(f"{path}:1: expected the root directory, got {lines[0]!r}")
     entries: list[Entry] = []
     for lineno, line in enumerate(lines[1:], start=2):
-        fields = line.rstrip("\r").split("\t")
+        fields = line.split("\t")
         if len(fields) != 2 or not fields[0]:
             raise ValueError(
                 f"{path}:{lineno}: expected 'relative/path<TAB>num_samples', got {line!r}"
@@ -56,15 +64,30 @@ def read_manifest(path: str | os.PathLike) -> tuple[str, list[Entry]]:
     return root, entries
 
 
+def _split_lines(text: str) -> list[str]:
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def write_manifest(path: str | os.PathLike, root: str, entries: list[Entry]) -> None:
-    """Write a fairseq manifest atomically (tmp file + rename)."""
+    """Write a fairseq manifest atomically (tmp file + rename).
+
+    Raises ValueError, before writing anything, for what `read_manifest` could not read
+    back: a root or file name with a tab or line break, an empty one, a root with
+    surrounding spaces, a negative size.
+    """
     path = os.fspath(path)
+    # read_manifest strips the root line (and a byte order mark): refuse what it would change.
+    if not root or root != root.strip() or root.startswith("\ufeff") or any(c in root for c in "\t\n\r"):
+        raise ValueError(f"{path}: root {root!r} is empty, has surrounding spaces or a tab or line break")
+    for rel, n in entries:
+        if not rel or any(c in rel for c in "\t\n\r"):
+            raise ValueError(f"{path}: file name {rel!r} is empty or contains a tab or line break")
+        if n < 0:
+            raise ValueError(f"{path}: {rel!r} has a negative number of samples ({n})")
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
         print(root, file=f)
         for rel, n in entries:
-            if "\t" in rel or "\n" in rel:
-                raise ValueError(f"{path}: file name {rel!r} contains a tab or newline")
             print(f"{rel}\t{n}", file=f)
     os.replace(tmp, path)
 

@@ -51,12 +51,23 @@ def compute_span_mask(
     batch, num_frames = shape
     if batch < 1 or num_frames < 1:
         raise ValueError(f"shape must be (B >= 1, T >= 1), got {shape}")
-    if not 0.0 <= mask_prob:
-        raise ValueError(f"mask_prob must be >= 0, got {mask_prob}")
+    if not 0.0 <= mask_prob < math.inf:
+        raise ValueError(f"mask_prob must be finite and >= 0, got {mask_prob}")
     if mask_len < 1:
         raise ValueError(f"mask_len must be >= 1, got {mask_len}")
+    if min_masks < 0:
+        raise ValueError(f"min_masks must be >= 0, got {min_masks}")
+    if min_space < 0:
+        raise ValueError(f"min_space must be >= 0, got {min_space}")
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    # Uniform lengths are fairseq's np.random.randint(other, 2M + 1): an `other` above 2M
+    # makes NumPy raise, a negative one draws empty spans. For normal lengths `other` is
+    # the standard deviation (torch.normal raises on a negative one).
+    if selection == "uniform" and not 0 <= other <= 2 * mask_len:
+        raise ValueError(f"other must be in [0, 2 * mask_len] for uniform selection, got {other}")
+    if selection == "normal" and not 0 <= other < math.inf:
+        raise ValueError(f"other (the standard deviation) must be finite and >= 0 for normal selection, got {other}")
     if not 0.0 <= mask_dropout < 1.0:
         raise ValueError(f"mask_dropout must be in [0, 1), got {mask_dropout}")
     if padding_mask is not None:
