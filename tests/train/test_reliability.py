@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -392,3 +393,18 @@ def test_every_rank_skips_when_one_rank_has_a_non_finite_loss(make_tiny_cfg, tmp
     state = ckpt.load(tmp_path / "run" / ckpt.LAST)
     assert state["num_updates"] == 3 and state["nonfinite_skips"] == 1
     assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+# ------------------------------------------------------------------ checkpoint config
+@pytest.mark.parametrize(("edit", "key"), [(("optim", "lrr", 1e-3), "optim.lrr"),
+                                           (("model", "final_dim", "wide"), "model.final_dim")])
+def test_a_checkpoint_whose_config_does_not_fit_the_schema_is_refused_naming_the_key(
+        make_tiny_cfg, tmp_path: Path, edit, key) -> None:
+    run = tmp_path / "run"
+    _trainer(make_tiny_cfg(*FAST, "train.stop_at_update=1", run_dir=run)).fit()
+    state = ckpt.load(run / ckpt.LAST)
+    section, name, value = edit
+    state["config"][section][name] = value  # a key of another version, or a hand edit
+    ckpt.atomic_write(run / ckpt.LAST, ckpt.serialize(state))
+    with pytest.raises(ValueError, match=rf"checkpoint_last\.pt: its config does not fit .*{re.escape(key)}"):
+        _trainer(make_tiny_cfg(*FAST, run_dir=run))

@@ -493,6 +493,7 @@ class Trainer:
         saved_task = state.get("task", "pretrain")  # version 1 checkpoints are pretraining ones
         if saved_task != self.task.name:
             raise ValueError(f"{path} is a checkpoint of the {saved_task!r} task, this run is {self.task.name!r}")
+        self._check_config(state, path)
         self._check_architecture(state, path)
         self.model.load_state_dict(state["model"])
         self.task.load_state_dict(state.get("task_state", {}))
@@ -521,6 +522,25 @@ class Trainer:
                             self.dist.world_size)
         log.info("restored %s at update %d (resets: %s)", path, self.num_updates,
                  [k for k, v in resets.items() if v] or "none")
+
+    @staticmethod
+    def _check_config(state: dict[str, Any], path: Path) -> None:
+        """A checkpoint's config must fit today's schema (no unknown key, every value of its
+        field's type) before anything of it is used: raise naming the key. Version 1 files
+        predate the current names and are only checked on their architecture."""
+        if state.get("version", 1) < 2 or "config" not in state:
+            return
+        from omegaconf.errors import OmegaConfBaseException
+
+        from wav2vec2.tasks import config_from_dict
+
+        try:
+            config_from_dict(state["config"])
+        except (OmegaConfBaseException, ValueError) as err:
+            key = getattr(err, "full_key", None)
+            what = f"{key}: {str(err).splitlines()[0]}" if key else str(err).splitlines()[0]
+            raise ValueError(f"{path}: its config does not fit this version's schema ({what}); it was written "
+                             "by another version of wav2vec2 or edited by hand") from None
 
     def _check_architecture(self, state: dict[str, Any], path: Path) -> None:
         """A different architecture cannot load: raise naming the keys. Other model
