@@ -144,6 +144,10 @@ class TransformerConfig:
     """Groups of the positional convolution."""
     required_seq_len_multiple: int = 2
     """Pad T up to a multiple of this (padded keys are masked) for efficient kernels."""
+    activation_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them
+    (`torch.utils.checkpoint`, non-reentrant): less memory for about one more forward of
+    the layers. Same math: dropout's RNG state is replayed, LayerDrop is decided outside."""
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
+from torch.utils.checkpoint import checkpoint
 
 from wav2vec2.config import TransformerConfig
 
@@ -191,7 +192,11 @@ class ContextNetwork(nn.Module):
             # fairseq runs the layer when u > p.
             drop = self.training and self.cfg.layerdrop > 0
             if not drop or float(torch.rand(())) > self.cfg.layerdrop:
-                x = layer(x, attn_bias)
+                if self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled():
+                    # Keeps only the layer's input; the recompute replays the dropout RNG.
+                    x = checkpoint(layer, x, attn_bias, use_reentrant=False)
+                else:
+                    x = layer(x, attn_bias)
         if self.cfg.layer_norm_first:
             x = self.layer_norm(x)
         if return_hidden_states:
