@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -158,6 +159,7 @@ register_configs()
 def _train(cfg: DictConfig) -> None:
     from wav2vec2.tasks import build_task  # the loop and models load late: --help stays fast
     from wav2vec2.train.checkpoint import CheckpointWriteError
+    from wav2vec2.train.distributed import CollectiveTimeoutError
     from wav2vec2.train.trainer import Trainer
 
     try:
@@ -171,6 +173,14 @@ def _train(cfg: DictConfig) -> None:
         if os.environ.get("W2V_DEBUG"):
             raise
         _fail(f"{err}\n(W2V_DEBUG=1 shows the traceback)")
+    except CollectiveTimeoutError as err:
+        if os.environ.get("W2V_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        # Not sys.exit: tearing down a process group whose collective failed can abort the
+        # process (gloo/NCCL destructors), which would hide this status.
+        logging.shutdown()
+        os._exit(1)
     except KeyboardInterrupt:
         if os.environ.get("W2V_DEBUG"):
             raise
