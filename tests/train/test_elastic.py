@@ -23,7 +23,7 @@ import torch
 from wav2vec2.train import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[2]
-NUM_UPDATES = 8
+NUM_UPDATES = 40  # long enough that the run is still going when rank 1 is killed, on a fast machine too
 KILL_AT = 3  # updates the run has logged (and checkpointed) when rank 1 is killed
 
 
@@ -128,7 +128,9 @@ def test_torchrun_restarts_a_killed_worker_and_loses_nothing(tiny_corpus: Path, 
     _finish(proc, killed_log, timeout=120, run=killed)
 
     log = killed_log.read_text()
-    assert "exitcode: -9" in log and f"local_rank: 1 (pid: {victim})" in log  # torchrun saw the kill
+    # torchrun saw a worker fail: rank 1's SIGKILL (-9), or rank 0's exit 1 when its
+    # collective lost rank 1, whichever it noticed first; either way it restarted the group.
+    assert re.search(r"failed \(exitcode: (-9|1)\) local_rank: [01]", log), log[-4000:]
     restored = [int(u) for u in re.findall(r"restored \S+ at update (\d+)", log)]
     assert restored and restored[0] >= KILL_AT - 1, restored  # the restarted workers resumed
     a, b = ckpt.load(reference / ckpt.LAST), ckpt.load(killed / ckpt.LAST)
