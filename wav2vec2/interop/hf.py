@@ -406,6 +406,18 @@ def _from_pretrained(model_class, path: Path, hf_config):
         ) from None
 
 
+def _checkpoint_tensors(model_class, path: Path, hf_config, *, may_lack: str, hint: str = "") -> dict[str, Tensor]:
+    """The tensors a local directory holds, read as `model_class` (offline, weights-only).
+    transformers initialises what a checkpoint lacks; here the one weight it `may_lack` (the
+    mask embedding, absent when saved with masking off) is left out, anything else missing
+    is an error naming it."""
+    hf_model, info = _from_pretrained(model_class, path, hf_config)
+    missing = set(info["missing_keys"])
+    if missing - {may_lack}:
+        raise ValueError(f"{path}: the checkpoint lacks {sorted(missing - {may_lack})}{hint}")
+    return {key: value.detach() for key, value in hf_model.state_dict().items() if key not in missing}
+
+
 def load_hf_pretraining(
     path_or_model: str | Path | Wav2Vec2ForPreTraining, *, template: ModelConfig | None = None
 ) -> Wav2Vec2Model:
@@ -466,15 +478,8 @@ def load_hf_encoder(
         cfg = config_from_hf(hf_config, template=template)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
-    hf_model, info = _from_pretrained(HfModel, path, hf_config)
-    missing = set(info["missing_keys"])
-    if missing - {"masked_spec_embed"}:
-        raise ValueError(f"{path}: the checkpoint lacks {sorted(missing - {'masked_spec_embed'})}")
-    hf_state = {
-        _CTC_ENCODER + key: value.detach()
-        for key, value in hf_model.state_dict().items()
-        if key not in missing  # a masked_spec_embed transformers made up is not the checkpoint's
-    }
+    own = _checkpoint_tensors(HfModel, path, hf_config, may_lack="masked_spec_embed")
+    hf_state = {_CTC_ENCODER + key: value for key, value in own.items()}
     hf_state = _with_mask_emb(hf_state, cfg, source=str(path))
     try:
         state = state_dict_from_hf(hf_state, cfg)
@@ -704,13 +709,8 @@ def load_hf_ctc(path: str | Path, *, device: str | torch.device = "cpu",
         cfg = config_from_hf(hf_config, template=template)
     except ValueError as e:
         raise ValueError(f"{path / 'config.json'}: {e}") from e
-    hf_model, info = _from_pretrained(HfCtc, path, hf_config)
-    missing = set(info["missing_keys"])
-    if missing - {"wav2vec2.masked_spec_embed"}:
-        raise ValueError(f"{path}: the checkpoint lacks {sorted(missing - {'wav2vec2.masked_spec_embed'})} "
-                         "(a Wav2Vec2ForCTC directory has the encoder and lm_head)")
-    hf_state = {key: value.detach() for key, value in hf_model.state_dict().items() if key not in missing}
-    del hf_model
+    hf_state = _checkpoint_tensors(HfCtc, path, hf_config, may_lack="wav2vec2.masked_spec_embed",
+                                   hint=" (a Wav2Vec2ForCTC directory has the encoder and lm_head)")
     try:
         state = ctc_state_dict_from_hf(hf_state, cfg)
     except ValueError as e:
