@@ -23,7 +23,8 @@ import torch.multiprocessing as mp
 
 from wav2vec2.tasks import build_task
 from wav2vec2.train import checkpoint as ckpt
-from wav2vec2.train.trainer import NonFiniteTrainingError, Trainer
+from wav2vec2.train.faults import NonFiniteTrainingError
+from wav2vec2.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["optim.max_update=4", "train.validate_every=0", "data.valid_subset=", "checkpoint.save_every=100"]

@@ -35,17 +35,13 @@ from wav2vec2.train import checkpoint as ckpt
 from wav2vec2.train import distributed as dist_utils
 from wav2vec2.train import state as rng
 from wav2vec2.train.config import TrainConfig, validate
+from wav2vec2.train.faults import BadFileLog, too_many_nonfinite
 from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging
 from wav2vec2.train.optim import build_loss_scaler, build_optimizer, grad_norm, lr_at, scale_grads_, set_lr
 
 log = logging.getLogger("wav2vec2.train")
 
 CHECKPOINT_VERSION = 2  # 2: + "task" state and "best_valid_metric"; version 1 files still load
-
-
-class NonFiniteTrainingError(FloatingPointError):
-    """Too many updates in a row with an inf/nan loss or gradient norm (the message says
-    what usually causes it)."""
 
 
 class Trainer:
@@ -94,9 +90,7 @@ class Trainer:
         self._consecutive_nonfinite = 0
         self.num_bad_files = 0
         """Files the data pipeline replaced (`data.bad_files: skip`), over all ranks and the whole run."""
-        self._bad_files_path = self.run_dir / f"bad_files.rank{self.dist.rank}.txt"
-        self._bad_files_seen = set(self._bad_files_path.read_text().splitlines()) \
-            if self._bad_files_path.is_file() else set()
+        self.bad_file_log = BadFileLog(self.run_dir, self.dist.rank)
         self._stop_requested = False
         self._interrupted = False
         self.stop_reason: str | None = None
@@ -178,7 +172,7 @@ class Trainer:
             self.generator.manual_seed(batch_seed(self.cfg.seed, epoch, position, stream=STREAM_TRAIN))
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last or self.ddp_model is self.model else self.ddp_model.no_sync()
-            num_bad = self._take_bad_files(batch)
+            num_bad = self.bad_file_log.take(batch, update=self.num_updates + 1)
             counts = self._batch_counts(batch)
             with sync:
                 with self._autocast():
@@ -234,34 +228,7 @@ class Trainer:
                     "; ".join(files))
         limit = self.cfg.train.max_consecutive_nonfinite
         if self._consecutive_nonfinite > limit:
-            raise NonFiniteTrainingError(
-                f"{self._consecutive_nonfinite} updates in a row had a non-finite loss or gradient norm (update "
-                f"{u}; train.max_consecutive_nonfinite={limit}): training stopped. The checkpoints in "
-                f"{self.run_dir} are left as they were (no state after a non-finite update is ever saved). "
-                "Likely causes: a learning rate too high or too little warm-up (lower optim.lr, raise "
-                "optim.warmup_updates, set optim.clip_norm); fp16 overflow (use precision.dtype=bf16, or fp32); "
-                "the feature penalty or model.feature_grad_mult blowing up the feature encoder; a corrupt, "
-                "empty or silent file (a constant clip with data.normalize=true divides by zero): the files "
-                "of each skipped batch are in the warnings above. Fix the cause, then rerun the same "
-                "command to resume from that checkpoint.")
-
-    def _take_bad_files(self, batch: dict[str, Any]) -> int:
-        """Pop `batch["bad_files"]` (lines "path (manifest:line): reason", one per file the
-        data pipeline replaced under `data.bad_files: skip`; absent when none was). Each rank
-        appends the files it has not listed before to its own `run_dir/bad_files.rank{R}.txt`
-        (no cross-rank traffic, no two writers on one file) and warns once per file.
-        Returns how many files of this batch were replaced."""
-        lines = batch.pop("bad_files", None) or []
-        new = [line for line in dict.fromkeys(lines) if line not in self._bad_files_seen]
-        if new:
-            self._bad_files_seen.update(new)
-            self.run_dir.mkdir(parents=True, exist_ok=True)  # rank > 0 on a node of its own
-            with open(self._bad_files_path, "a") as f:
-                f.write("".join(f"{line}\n" for line in new))
-            for line in new:
-                log.warning("bad file left out of training at update %d: %s (listed in %s)",
-                            self.num_updates + 1, line, self._bad_files_path.name)
-        return len(lines)
+            raise too_many_nonfinite(self._consecutive_nonfinite, update=u, limit=limit, run_dir=self.run_dir)
 
     # ---------------------------------------------------------------- validation
     @torch.no_grad()
@@ -281,7 +248,7 @@ class Trainer:
                 break
             position = self.dist.rank + i * self.dist.world_size
             self.generator.manual_seed(batch_seed(self.cfg.seed, 0, position, stream=STREAM_VALID))
-            self._take_bad_files(batch)
+            self.bad_file_log.take(batch, update=self.num_updates + 1)
             counts = self._batch_counts(batch)
             with self._autocast():
                 out = self.task.valid_step(self.model, self._to_device(batch), num_updates=self.num_updates,
