@@ -793,8 +793,8 @@ def host_syncs(fn) -> list[str]:
 
 
 def bench_profile(args: argparse.Namespace) -> None:
-    """torch.profiler over one BASE 2 x 4 s update of ours: top ops by self time, time per
-    phase, and the host syncs of a training forward."""
+    """torch.profiler over one BASE update of ours (2 x 4 s by default): top ops by self
+    time, time per phase, and the host syncs of a training forward."""
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -802,12 +802,13 @@ def bench_profile(args: argparse.Namespace) -> None:
     from wav2vec2.model.wav2vec2 import Wav2Vec2Model
 
     device = _setup(args)
-    _print_env(args, f"profile: one BASE update of ours, 2 x 4 s, {args.profile_precision}")
+    B, seconds = args.profile_batch, args.profile_seconds
+    _print_env(args, f"profile: one BASE update of ours, {B} x {seconds:g} s, {args.profile_precision}")
     cfg = bench_config()
     torch.manual_seed(0)
     model = Wav2Vec2Model(cfg).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-6)
-    source = torch.randn(2, 64_000, device=device)
+    source = torch.randn(B, round(seconds * 16_000), device=device)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def update():
@@ -899,6 +900,8 @@ def main(argv: list[str] | None = None) -> None:
         common(p)
         model_args(p)
         p.add_argument("--profile-precision", default="fp32", choices=["fp32", "bf16"])
+        p.add_argument("--profile-batch", type=int, default=2)
+        p.add_argument("--profile-seconds", type=float, default=4.0)
         p.add_argument("--top", type=int, default=20)
         p.set_defaults(func=fn)
 

@@ -1,5 +1,8 @@
 """Refactors keep the math: the fixed-seed tiny pretraining run reproduces, bit for bit, the
-trace recorded before the task-interface refactor (tests/golden/pretrain_tiny.json).
+recorded trace (tests/golden/pretrain_tiny.json). It was recorded before the task-interface
+refactor (#8) and re-recorded once, when CPU attention dropout began drawing its mask as
+16-bit integers (#11, wav2vec2/model/cpu_attention.py): same dropout probability, other
+random draws. The old code reproduced the old trace exactly just before that change.
 
 Same code, same torch build and same CPU kernels give identical floats. A machine whose
 torch picks other CPU kernels (another vector ISA) can legitimately differ in the last bits,

@@ -18,6 +18,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from torch.utils.checkpoint import checkpoint
 
 from wav2vec2.config import TransformerConfig
+from wav2vec2.model.cpu_attention import dropout_attention
 
 
 class ConvPositionalEmbedding(nn.Module):
@@ -84,10 +85,14 @@ class SelfAttention(nn.Module):
             return t.view(B, T, H, D // H).transpose(1, 2)  # (B, T, D) -> (B, H, T, Dh)
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        # SDPA scales q.k by Dh^-0.5, as fairseq does to q before the product.
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_bias, dropout_p=self.dropout if self.training else 0.0
-        )
+        if self.training and self.dropout > 0 and x.device.type == "cpu":
+            # SDPA has no fused CPU kernel with dropout; its math path is 2x slower (cpu_attention.py).
+            out = dropout_attention(q, k, v, attn_bias, self.dropout)
+        else:
+            # SDPA scales q.k by Dh^-0.5, as fairseq does to q before the product.
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_bias, dropout_p=self.dropout if self.training else 0.0
+            )
         out = out.transpose(1, 2).reshape(B, T, D)  # (B, H, T, Dh) -> (B, T, D)
         return self.out_proj(out)
 
