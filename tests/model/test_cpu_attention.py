@@ -1,6 +1,6 @@
 """The tiled CPU attention with dropout (wav2vec2/model/cpu_attention.py) computes what the
-plain formula computes with the same keep mask, forward and backward, and draws that mask
-with the asked probability."""
+plain formula computes with the same keep mask, forward and backward. The mask itself:
+tests/model/test_dropout.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from wav2vec2.model import cpu_attention
-from wav2vec2.model.cpu_attention import draw_keep_mask_, dropout_attention
+from wav2vec2.model.cpu_attention import dropout_attention
 from wav2vec2.model.transformer import SelfAttention
 
 
@@ -68,22 +68,6 @@ def test_forward_and_gradients_equal_the_formula_with_the_same_mask(monkeypatch,
         torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-6)
     # padded keys get no weight, so no gradient reaches them through k or v
     assert torch.all(k.grad[1, :, T - 5:] == 0) and torch.all(v.grad[1, :, T - 5:] == 0)
-
-
-def test_keep_mask_drops_with_probability_p_in_both_halves_of_each_draw() -> None:
-    torch.manual_seed(1)
-    for p in (0.05, 0.1, 0.5):
-        keep = draw_keep_mask_(torch.empty(1000, 4000, dtype=torch.uint8), p)
-        assert set(keep.unique().tolist()) <= {0, 1}
-        quantised = round(p * 32768) / 32768
-        # 2M decisions per half: the standard error of the rate is < 3.6e-4
-        for half in (keep[:, 0::2], keep[:, 1::2]):
-            assert abs((1 - half.double().mean().item()) - quantised) < 2e-3
-        assert abs(quantised - p) <= 0.5 / 32768
-    # successive draws differ (the mask is not a fixed pattern)
-    a = draw_keep_mask_(torch.empty(64, 64, dtype=torch.uint8), 0.5)
-    b = draw_keep_mask_(torch.empty(64, 64, dtype=torch.uint8), 0.5)
-    assert not torch.equal(a, b)
 
 
 def test_tiny_p_equals_sdpa_without_dropout() -> None:

@@ -91,6 +91,36 @@ def test_logits_and_loss_match_slow_loop():
     assert contrastive_loss(out.logits).item() == pytest.approx(ce.item(), rel=1e-5)
 
 
+def test_logits_and_gradients_equal_fairseqs_broadcast_cosine():
+    """The (B, M, M) matmul form against fairseq's formula: cosine_similarity of the context
+    broadcast over gathered (B, M, 1+K, F) candidates, including a zero vector (eps clamp)."""
+    gen = torch.Generator().manual_seed(5)
+    B, M, K, Fd = 2, 30, 12, 16
+    context = torch.randn(B, M, Fd, generator=gen, requires_grad=True)
+    targets = torch.randn(B, M, Fd, generator=gen)
+    targets[0, 3] = targets[0, 4]  # an identical pair for the -inf rule
+    targets[1, 7] = 0.0  # a zero target: its norm is clamped at eps
+    targets.requires_grad_()
+    idx = sample_negatives(B, M, K, generator=gen)
+    idx[0, 3, 0] = 4
+
+    def fairseq_formula(c, t):
+        negs = torch.stack([t[b][idx[b]] for b in range(B)])  # (B, M, K, F)
+        cands = torch.cat([t.unsqueeze(2), negs], dim=2)  # (B, M, 1+K, F)
+        logits = F.cosine_similarity(c.unsqueeze(2), cands, dim=-1) / 0.1
+        same = (negs == t.unsqueeze(2)).all(-1)
+        return torch.cat([logits[..., :1], logits[..., 1:].masked_fill(same, float("-inf"))], 2).view(B * M, 1 + K)
+
+    got, want = contrastive_logits(context, targets, idx, 0.1), fairseq_formula(context, targets)
+    assert torch.equal(torch.isinf(got), torch.isinf(want)) and torch.isinf(got).any()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    weights = torch.randn(got.shape, generator=gen).masked_fill(torch.isinf(got), 0.0)
+    grads = torch.autograd.grad(got.masked_fill(torch.isinf(got), 0.0).mul(weights).sum(), (context, targets))
+    ref = torch.autograd.grad(want.masked_fill(torch.isinf(want), 0.0).mul(weights).sum(), (context, targets))
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
 def test_negative_equal_to_positive_gets_minus_inf():
     targets = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])  # frames 0 and 1 share a code
     context = torch.tensor([[[1.0, 0.2], [0.3, 1.0], [0.5, 0.5]]])
@@ -235,7 +265,8 @@ def test_bad_input_raises_value_errors():
     with pytest.raises(ValueError, match="time_mask"):
         model(torch.randn(2, 6000), temperature=2.0, time_mask=torch.zeros(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="at least 2 masked frames"):
-        model(torch.randn(2, 720), temperature=2.0)  # 2 frames, masking cannot leave 2 candidates
+        # 2 frames, one masked per utterance: a masked frame has no other to draw negatives from
+        model(torch.randn(2, 720), temperature=2.0, time_mask=torch.tensor([[True, False], [False, True]]))
     bad = torch.zeros(2, 18, dtype=torch.bool)
     bad[0, :4] = True
     bad[1, :5] = True

@@ -1,8 +1,9 @@
 """Refactors keep the math: the fixed-seed tiny pretraining run reproduces, bit for bit, the
 recorded trace (tests/golden/pretrain_tiny.json). It was recorded before the task-interface
-refactor (#8) and re-recorded once, when CPU attention dropout began drawing its mask as
-16-bit integers (#11, wav2vec2/model/cpu_attention.py): same dropout probability, other
-random draws. The old code reproduced the old trace exactly just before that change.
+refactor (#8) and re-recorded in #11 for changes meant to move the last bits or the random
+draws, each in its own commit: CPU dropout masks drawn as 16-bit integers (cpu_attention.py,
+dropout.py: same probability, other draws), logits as one matmul (rounding), fused AdamW
+(rounding). Before each re-recording, the code before the change reproduced the old trace.
 
 Same code, same torch build and same CPU kernels give identical floats. A machine whose
 torch picks other CPU kernels (another vector ISA) can legitimately differ in the last bits,

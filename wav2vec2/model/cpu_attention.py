@@ -10,8 +10,8 @@ whose (B*H, rows, S) scores fit in about `SCORE_BLOCK_BYTES`, so softmax, dropou
 products run on cache-resident data. Only q, k, v, the output and a one-byte keep mask are
 saved; the backward recomputes each block's probabilities (as flash attention does).
 
-The dropout mask is drawn from torch's global RNG as 16-bit integers, two per 32-bit draw
-(`random_()` is ~5x cheaper per decision than `bernoulli_`). A unit is dropped with
+The dropout mask is `dropout.draw_keep_mask_`'s: 16-bit integers from torch's global RNG, two
+per 32-bit draw, ~5x cheaper per decision than `bernoulli_`; a unit is dropped with
 probability round(p * 32768) / 32768, at most 1.5e-5 away from p. On CUDA, SDPA's flash
 kernel does dropout itself and this module is not used.
 
@@ -23,28 +23,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from wav2vec2.model.dropout import draw_keep_mask_
+
 # Scores of one query block: ~16 MiB is where the block still sits in this machine's cache
 # (2-core AMD EPYC; 8 and 16 MiB blocks measured 1.9x faster than the math path at T=780, 32 MiB
 # lost most of it). A bigger cache wants a bigger block; a smaller one barely loses.
 SCORE_BLOCK_BYTES = 16 * 2**20
-
-
-def draw_keep_mask_(keep: Tensor, p: float) -> Tensor:
-    """Fill `keep` (uint8, last dim even and contiguous) with 1 = keep, 0 = drop (P = p).
-
-    One int32 `random_()` draw is 31 uniform bits: its low int16 half is uniform over
-    [-2^15, 2^15), its high half over [0, 2^15). Each half decides one unit.
-    """
-    if keep.shape[-1] % 2:
-        raise ValueError(f"keep mask needs an even last dim, got {tuple(keep.shape)}")
-    threshold = round(p * 32768)  # drop when a 15-bit uniform draw < threshold
-    draws = torch.empty(keep.shape[:-1] + (keep.shape[-1] // 2,), dtype=torch.int32,
-                        device=keep.device).random_()
-    halves = draws.view(torch.int16)  # (..., S/2) -> (..., S): [low, high, low, high, ...]
-    keep_bool = keep.view(torch.bool)
-    torch.ge(halves[..., 0::2], 2 * threshold - 32768, out=keep_bool[..., 0::2])
-    torch.ge(halves[..., 1::2], threshold, out=keep_bool[..., 1::2])
-    return keep
 
 
 def _block_rows(batch_heads: int, keys: int, itemsize: int) -> int:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wav2vec2.config import ModelConfig
+from wav2vec2.model.dropout import Dropout
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
 
 
@@ -40,7 +41,7 @@ class Wav2Vec2Ctc(nn.Module):
         self.blank = blank
         self.wav2vec2 = Wav2Vec2Model(cfg)
         self.wav2vec2.remove_pretraining_modules()
-        self.final_dropout = nn.Dropout(final_dropout)
+        self.final_dropout = Dropout(final_dropout)
         self.proj = nn.Linear(cfg.transformer.embed_dim, vocab_size)
         self.reset_head()
         if cfg.feature_encoder.grad_mult == 0:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wav2vec2.config import FeatureEncoderConfig
+from wav2vec2.model.dropout import Dropout
 
 
 class GradMultiply(torch.autograd.Function):
@@ -65,7 +66,7 @@ class ConvBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.conv = nn.Conv1d(in_dim, out_dim, kernel, stride=stride, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = norm
 
     def reset_parameters(self) -> None:

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from wav2vec2.config import TransformerConfig
 from wav2vec2.model.cpu_attention import dropout_attention
+from wav2vec2.model.dropout import Dropout
 
 
 class ConvPositionalEmbedding(nn.Module):
@@ -109,8 +110,8 @@ class EncoderLayer(nn.Module):
         self.fc1 = nn.Linear(D, cfg.ffn_dim)
         self.fc2 = nn.Linear(cfg.ffn_dim, D)
         self.final_layer_norm = nn.LayerNorm(D)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.activation_dropout = nn.Dropout(cfg.activation_dropout)
+        self.dropout = Dropout(cfg.dropout)
+        self.activation_dropout = Dropout(cfg.activation_dropout)
 
     def _ffn(self, x: Tensor) -> Tensor:
         return self.dropout(self.fc2(self.activation_dropout(F.gelu(self.fc1(x)))))
@@ -137,7 +138,7 @@ class ContextNetwork(nn.Module):
             cfg.embed_dim, kernel=cfg.conv_pos, groups=cfg.conv_pos_groups
         )
         self.layer_norm = nn.LayerNorm(cfg.embed_dim)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
 
     def reset_parameters(self) -> None:

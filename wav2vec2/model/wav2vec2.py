@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wav2vec2.config import ModelConfig
+from wav2vec2.model.dropout import Dropout
 from wav2vec2.model.feature_encoder import ConvFeatureEncoder, GradMultiply, frame_padding_mask
 from wav2vec2.model.masking import compute_channel_mask, compute_span_mask
 from wav2vec2.model.quantizer import GumbelVectorQuantizer
@@ -98,19 +98,34 @@ def sample_negatives(
     return idx + (idx >= self_idx).long()
 
 
-def contrastive_logits(context: Tensor, targets: Tensor, negative_indices: Tensor, logit_temp: float) -> Tensor:
+def contrastive_logits(
+    context: Tensor, targets: Tensor, negative_indices: Tensor, logit_temp: float, eps: float = 1e-8
+) -> Tensor:
     """cos(c_t, candidate) / kappa for the positive and its K negatives, in fp32.
+
+    fairseq (and transformers) broadcast the context against a gathered (B, M, 1+K, F)
+    candidate tensor and call `F.cosine_similarity`, which normalises every copy again. Here
+    each vector is normalised once (each norm clamped at eps, as `F.cosine_similarity` does),
+    one batched matmul gives every context-target cosine of an utterance, (B, M, M), and the
+    1+K candidates are gathered from it: 8x cheaper forward + backward at 2 x 15.6 s (#11),
+    equal to fairseq's logits within float rounding (~1e-6).
 
     Shape: context (B, M, F), targets (B, M, F), negative_indices (B, M, K) -> (B*M, 1+K).
     """
     B, M, Fd = targets.shape
     K = negative_indices.shape[-1]
+
+    def unit(x: Tensor) -> Tensor:
+        x = x.float()
+        return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(eps)
+
+    cosines = torch.bmm(unit(context), unit(targets).transpose(1, 2))  # (B, M, F) x (B, F, M) -> (B, M, M)
+    positives = torch.arange(M, device=targets.device).view(1, M, 1).expand(B, M, 1)
+    candidates = torch.cat([positives, negative_indices], dim=2)  # (B, M, 1+K) target indices
+    logits = cosines.gather(2, candidates) / logit_temp  # (B, M, 1+K)
+    # A negative identical to the positive (same vector, bit for bit) cannot be told apart: exclude it.
     flat = negative_indices + (torch.arange(B, device=targets.device) * M).view(B, 1, 1)
     negatives = targets.reshape(B * M, Fd)[flat.view(-1)].view(B, M, K, Fd)  # (B, M, K, F)
-    candidates = torch.cat([targets.unsqueeze(2), negatives], dim=2)  # (B, M, 1+K, F)
-    logits = F.cosine_similarity(context.float().unsqueeze(2), candidates.float(), dim=-1)
-    logits = logits / logit_temp  # (B, M, 1+K)
-    # A negative identical to the positive (same codes) cannot be told apart: exclude it.
     neg_is_pos = (negatives == targets.unsqueeze(2)).all(dim=-1)  # (B, M, K)
     logits[..., 1:] = logits[..., 1:].masked_fill(neg_is_pos, float("-inf"))
     return logits.view(B * M, 1 + K)
@@ -129,8 +144,8 @@ class Wav2Vec2Model(nn.Module):
         self.layer_norm = nn.LayerNorm(C)
         # fairseq only projects when the widths differ.
         self.post_extract_proj = nn.Linear(C, D) if C != D else None
-        self.dropout_input = nn.Dropout(cfg.dropout_input)
-        self.dropout_features = nn.Dropout(cfg.dropout_features)
+        self.dropout_input = Dropout(cfg.dropout_input)
+        self.dropout_features = Dropout(cfg.dropout_features)
         self.mask_emb = nn.Parameter(torch.empty(D))
         self.encoder = ContextNetwork(cfg.transformer)
         # The pretraining heads; `remove_pretraining_modules()` drops them for fine-tuning.
