@@ -20,13 +20,15 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     """Adam with decoupled weight decay on *all* parameters, biases and norms included:
     fairseq's `adam` applies `p -= lr * wd * p` to every parameter, and so do we."""
     params = [p for p in model.parameters() if p.requires_grad]
-    # foreach is faster on GPU; fused would change the arithmetic order on CPU tests.
+    # fused: one kernel over all tensors, on CPU and CUDA. A BASE step measured 37 ms against
+    # 143 ms for the per-tensor loop (2 cores, median of 5, scratch timing in #11).
     return torch.optim.AdamW(
         params,
         lr=lr_at(0, cfg),
         betas=(cfg.betas[0], cfg.betas[1]),
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
+        fused=True,
     )
 
 
