@@ -35,6 +35,7 @@ def test_base_preset_is_the_base_recipe(compose_preset) -> None:
     assert cfg.optim.clip_norm == 0 and cfg.data.normalize is False
     assert cfg.optim.update_freq == 8  # 64 GPUs simulated on 8
     assert (cfg.checkpoint.save_every, cfg.checkpoint.keep_last, cfg.logging.log_every) == (25_000, 1, 200)
+    assert (cfg.precision.dtype, cfg.precision.tf32) == ("auto", True)  # mixed precision on a GPU
 
 
 def test_large_preset_is_the_large_recipe(compose_preset) -> None:
@@ -44,6 +45,7 @@ def test_large_preset_is_the_large_recipe(compose_preset) -> None:
     assert (cfg.data.max_tokens, cfg.data.max_sample_size, cfg.data.max_sentences) == (1_200_000, 320_000, 4)
     assert cfg.data.normalize is True
     assert cfg.optim.update_freq == 8  # 128 GPUs simulated on 16
+    assert cfg.precision.dtype == "auto"
 
 
 def test_model_presets_are_defined_once_in_python(compose_preset) -> None:

@@ -7,9 +7,11 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from wav2vec2.train import trainer as trainer_mod
-from wav2vec2.train.optim import DynamicLossScaler
+from wav2vec2.train.config import PrecisionConfig
+from wav2vec2.train.optim import DynamicLossScaler, build_loss_scaler
 from wav2vec2.tasks import build_task
 from wav2vec2.train.trainer import Trainer
 
@@ -24,6 +26,20 @@ def _trainer(cfg) -> Trainer:
 def _train_records(run: Path) -> list[dict]:
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["split"] == "train"]
+
+
+def test_auto_precision_is_mixed_on_a_gpu_and_fp32_on_a_cpu() -> None:
+    from wav2vec2.train.optim import resolve_precision
+
+    cuda = torch.device("cuda", 0)
+    assert resolve_precision("auto", cuda, bf16_supported=True) == "bf16"
+    assert resolve_precision("auto", cuda, bf16_supported=False) == "fp16"
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    for explicit in ("fp32", "bf16", "fp16"):
+        assert resolve_precision(explicit, cuda, bf16_supported=False) == explicit
+    # the loss scaler follows the resolved precision, not the word "auto"
+    assert build_loss_scaler(PrecisionConfig(dtype="auto"), world_size=1, update_freq=1, dtype="fp16") is not None
+    assert build_loss_scaler(PrecisionConfig(dtype="auto"), world_size=1, update_freq=1, dtype="bf16") is None
 
 
 def test_loss_scaler_follows_fairseq() -> None:

@@ -18,7 +18,7 @@ from omegaconf import MISSING
 
 from wav2vec2.config import ModelConfig
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 
 @dataclass
@@ -126,8 +126,14 @@ class PrecisionConfig:
     """Numeric precision (fairseq `--fp16`, `FP16Optimizer`)."""
 
     dtype: str = "fp32"
-    """"fp32", "bf16" (autocast, no scaling) or "fp16" (autocast + dynamic loss scaling).
-    The model keeps its fp32 islands (norms, Gumbel softmax, logits, losses) in all modes."""
+    """"fp32", "bf16" (autocast, no scaling), "fp16" (autocast + dynamic loss scaling) or
+    "auto": on a GPU bf16 where it is supported, else fp16 (fairseq's recipes train in mixed
+    precision), and fp32 on a CPU. The model keeps its fp32 islands (norms, Gumbel softmax,
+    logits, losses) in all modes."""
+    tf32: bool = True
+    """CUDA only: TF32 tensor cores for the fp32 matmuls and convolutions (the fp32 islands,
+    or everything under dtype fp32), as fairseq's recipes ran on Ampere with older torch's
+    default. Off gives IEEE fp32."""
     fp16_init_scale: float = 128.0
     """Initial loss scale (fairseq 128)."""
     fp16_scale_window: int = 0

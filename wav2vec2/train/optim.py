@@ -143,11 +143,24 @@ class DynamicLossScaler:
         self._clean_updates = int(state["clean_updates"])
 
 
+def resolve_precision(dtype: str, device: torch.device, *, bf16_supported: bool | None = None) -> str:
+    """The concrete precision of `precision.dtype` on `device`: "auto" is bf16 on a GPU that
+    supports it, fp16 on an older GPU, fp32 on a CPU; the others are themselves."""
+    if dtype != "auto":
+        return dtype
+    if device.type != "cuda":
+        return "fp32"
+    if bf16_supported is None:
+        bf16_supported = torch.cuda.is_bf16_supported()
+    return "bf16" if bf16_supported else "fp16"
+
+
 def build_loss_scaler(
-    cfg: PrecisionConfig, *, world_size: int, update_freq: int
+    cfg: PrecisionConfig, *, world_size: int, update_freq: int, dtype: str | None = None
 ) -> DynamicLossScaler | None:
-    """A scaler for fp16, None otherwise (bf16 has fp32's exponent range)."""
-    if cfg.dtype != "fp16":
+    """A scaler for fp16, None otherwise (bf16 has fp32's exponent range). `dtype` is the
+    resolved precision (default: `cfg.dtype`)."""
+    if (dtype or cfg.dtype) != "fp16":
         return None
     window = cfg.fp16_scale_window or max(1, 2**14 // world_size // update_freq)
     return DynamicLossScaler(

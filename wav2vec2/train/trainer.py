@@ -37,7 +37,9 @@ from wav2vec2.train import state as rng
 from wav2vec2.train.config import TrainConfig, validate
 from wav2vec2.train.faults import BadFileLog, too_many_nonfinite
 from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging
-from wav2vec2.train.optim import build_loss_scaler, build_optimizer, grad_norm, lr_at, scale_grads_, set_lr
+from wav2vec2.train.optim import (
+    build_loss_scaler, build_optimizer, grad_norm, lr_at, resolve_precision, scale_grads_, set_lr,
+)
 
 log = logging.getLogger("wav2vec2.train")
 
@@ -75,10 +77,15 @@ class Trainer:
             self.ddp_model = DDP(self.model, device_ids=ids, find_unused_parameters=unused)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.precision = resolve_precision(cfg.precision.dtype, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = cfg.precision.tf32
+            torch.backends.cudnn.allow_tf32 = cfg.precision.tf32
         self.scaler = build_loss_scaler(
-            cfg.precision, world_size=self.dist.world_size, update_freq=cfg.optim.update_freq
+            cfg.precision, world_size=self.dist.world_size, update_freq=cfg.optim.update_freq,
+            dtype=self.precision,
         )
-        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision.dtype)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.generator = torch.Generator(device=self.device)
 
         self.stream = self._build_train_stream()
@@ -112,7 +119,7 @@ class Trainer:
         log.info("task %s; model: %s parameters (%s trained); world size %d, update_freq %d, precision %s, "
                  "device %s", task.name, f"{sum(p.numel() for p in self.model.parameters()):,}",
                  f"{sum(p.numel() for p in self.params):,}", self.dist.world_size, cfg.optim.update_freq,
-                 cfg.precision.dtype, self.device)
+                 self.precision, self.device)
 
     # ---------------------------------------------------------------- building blocks
     def _sampler(self, sizes: Any, *, train: bool) -> TokenBudgetBatchSampler:
