@@ -531,6 +531,26 @@ def _time_rounds(impls: dict, device, *, rounds: int, reps: int) -> dict[str, li
 
 
 # ----------------------------------------------------------------------------- train
+def bf16_loss_gap(cfg, state_dict, inputs, device) -> tuple[float, float]:
+    """Our pretraining loss on the benchmark batch in fp32 and under bf16 autocast, same
+    weights, mask and negatives, in eval mode (no dropout, hard codes): bf16's accuracy check."""
+    import torch
+
+    from wav2vec2.model.losses import pretraining_loss
+    from wav2vec2.model.wav2vec2 import Wav2Vec2Model
+
+    model = Wav2Vec2Model(cfg)
+    model.load_state_dict(state_dict)
+    model.to(device).eval()
+    source, mask, negs, _ = inputs
+    losses = []
+    for precision in ("fp32", "bf16"):
+        with torch.no_grad(), _autocast(device, precision):
+            out = model(source, temperature=2.0, time_mask=mask, negative_indices=negs)
+            losses.append(float(pretraining_loss(out, cfg.loss).total))
+    return losses[0], losses[1]
+
+
 def _batches(args) -> list[tuple[int, float]]:
     return [(2, 4.0), (4, 15.6)] if args.full else [(2, 4.0)]
 
@@ -557,6 +577,14 @@ def bench_train(args: argparse.Namespace) -> None:
         inputs = _inputs(cfg, batch, samples, device)
         flops = train_flops(cfg, batch, samples, inputs[3])
         audio = batch * samples / SAMPLE_RATE
+        if "bf16" in args.precision:
+            fp32_loss, bf16_loss = bf16_loss_gap(cfg, state_dict, inputs, device)
+            gap = abs(bf16_loss - fp32_loss) / abs(fp32_loss)
+            print(f"{batch} x {seconds:g} s, ours, one batch in eval mode: loss fp32 {fp32_loss:.4f}, "
+                  f"bf16 autocast {bf16_loss:.4f}, relative gap {gap:.2e} (target <= 1e-2)")
+            _row("train", f"{batch}x{seconds:g}s", "ours", "bf16", loss_fp32=fp32_loss, loss_bf16=bf16_loss,
+                 loss_relative_gap=gap)
+            release_memory()
         for precision in args.precision:
             impls = _impls(args, cfg, state_dict, inputs, device, precision)
             times = _time_rounds(impls, device, rounds=args.rounds, reps=args.reps)
