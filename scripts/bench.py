@@ -687,6 +687,7 @@ def _memory_child(args: argparse.Namespace) -> None:
     device = _setup(args)
     cfg = bench_config()
     cfg.transformer.activation_checkpointing = args.impl == "ours+ckpt"
+    cfg.feature_encoder.activation_checkpointing = args.impl == "ours+ckpt"
     torch.manual_seed(0)
     state_dict = Wav2Vec2Model(cfg).state_dict()
     samples = int(round(args.seconds * SAMPLE_RATE))

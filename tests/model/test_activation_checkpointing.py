@@ -1,4 +1,5 @@
-"""Activation checkpointing (`transformer.activation_checkpointing`) changes memory, not math:
+"""Activation checkpointing (`transformer.activation_checkpointing`,
+`feature_encoder.activation_checkpointing`) changes memory, not math:
 the same seed gives a bit-identical loss and bit-identical gradients with it on and off,
 with every dropout and LayerDrop active, and leaves torch's global RNG where it would be."""
 
@@ -7,6 +8,8 @@ from __future__ import annotations
 import copy
 
 import torch
+
+import pytest
 
 from wav2vec2.config import tiny
 from wav2vec2.model.losses import pretraining_loss
@@ -23,8 +26,10 @@ def _step(model: Wav2Vec2Model, source: torch.Tensor) -> tuple[torch.Tensor, dic
     return loss.detach(), grads, torch.get_rng_state()
 
 
-def test_checkpointing_is_bit_identical():
+@pytest.mark.parametrize("where", ["transformer", "feature_encoder", "both"])
+def test_checkpointing_is_bit_identical(where):
     cfg = tiny()
+    cfg.feature_encoder.dropout = 0.1  # so the conv blocks' recompute must replay the RNG too
     cfg.transformer.num_layers = 4
     cfg.transformer.dropout = cfg.transformer.attention_dropout = 0.1
     cfg.transformer.activation_dropout = 0.1
@@ -32,7 +37,8 @@ def test_checkpointing_is_bit_identical():
     torch.manual_seed(0)
     plain = Wav2Vec2Model(cfg).train()
     ckpt_cfg = copy.deepcopy(cfg)
-    ckpt_cfg.transformer.activation_checkpointing = True
+    ckpt_cfg.transformer.activation_checkpointing = where in ("transformer", "both")
+    ckpt_cfg.feature_encoder.activation_checkpointing = where in ("feature_encoder", "both")
     checkpointed = Wav2Vec2Model(ckpt_cfg).train()
     checkpointed.load_state_dict(plain.state_dict())
     source = torch.randn(3, 17_000, generator=torch.Generator().manual_seed(1))
@@ -64,5 +70,24 @@ def test_checkpointing_saves_activations():
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model.encoder(torch.randn(2, 200, cfg.transformer.embed_dim))
+        saved[on] = total[0]
+    assert saved[True] < 0.5 * saved[False]
+
+
+def test_feature_encoder_checkpointing_saves_activations():
+    cfg = tiny()
+    saved = {}
+    for on in (False, True):
+        cfg.feature_encoder.activation_checkpointing = on
+        torch.manual_seed(0)
+        model = Wav2Vec2Model(cfg).train()
+        total = [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.feature_encoder(torch.randn(2, 16_000))
         saved[on] = total[0]
     assert saved[True] < 0.5 * saved[False]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from wav2vec2.config import FeatureEncoderConfig
 from wav2vec2.model.dropout import Dropout
@@ -105,6 +106,7 @@ class ConvFeatureEncoder(nn.Module):
                 "feature_encoder.conv_dims, conv_kernels and conv_strides must have the same "
                 f"length, got {len(cfg.conv_dims)}, {len(cfg.conv_kernels)}, {len(cfg.conv_strides)}"
             )
+        self.activation_checkpointing = cfg.activation_checkpointing
         self.kernels = list(cfg.conv_kernels)
         self.strides = list(cfg.conv_strides)
         blocks = []
@@ -158,8 +160,10 @@ class ConvFeatureEncoder(nn.Module):
                 f"{self.receptive_field} for one frame"
             )
         x = wav.unsqueeze(1)  # (B, L) -> (B, 1, L)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x)
+            # Keeps only the block's input; the recompute replays the dropout RNG.
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         return x  # (B, C, T)
 
 
