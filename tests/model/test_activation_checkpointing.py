@@ -53,41 +53,34 @@ def test_checkpointing_is_bit_identical(where):
     assert torch.equal(rng_a, rng_b)  # the recompute does not advance the global RNG
 
 
-def test_checkpointing_saves_activations():
-    """With checkpointing, the autograd graph keeps fewer saved tensors (bytes) per layer."""
+def _saved_bytes(cfg, run) -> int:
+    """Bytes the autograd graph keeps for the backward while `run(model)` executes."""
+    torch.manual_seed(0)
+    model = Wav2Vec2Model(cfg).train()
+    total = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run(model)
+    return total[0]
+
+
+@pytest.mark.parametrize("where", ["transformer", "feature_encoder"])
+def test_checkpointing_saves_activations(where):
+    """With checkpointing, the autograd graph keeps fewer saved tensors (bytes)."""
     cfg = tiny()
     cfg.transformer.layerdrop = 0.0
-    saved = {}
-    for on in (False, True):
-        cfg.transformer.activation_checkpointing = on
-        torch.manual_seed(0)
-        model = Wav2Vec2Model(cfg).train()
-        total = [0]
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            total[0] += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    if where == "transformer":
+        def run(model):
             model.encoder(torch.randn(2, 200, cfg.transformer.embed_dim))
-        saved[on] = total[0]
-    assert saved[True] < 0.5 * saved[False]
-
-
-def test_feature_encoder_checkpointing_saves_activations():
-    cfg = tiny()
+    else:
+        def run(model):
+            model.feature_encoder(torch.randn(2, 16_000))
     saved = {}
     for on in (False, True):
-        cfg.feature_encoder.activation_checkpointing = on
-        torch.manual_seed(0)
-        model = Wav2Vec2Model(cfg).train()
-        total = [0]
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            total[0] += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model.feature_encoder(torch.randn(2, 16_000))
-        saved[on] = total[0]
+        getattr(cfg, where).activation_checkpointing = on
+        saved[on] = _saved_bytes(cfg, run)
     assert saved[True] < 0.5 * saved[False]
