@@ -236,6 +236,9 @@ def test_pretrain_finetune_resume_and_evaluate(tiny_corpus: Path, labelled_corpu
     common = ["--config-name", "ctc_tiny", f"data.manifest_dir={labelled_corpus}", f"task.init={pre / ckpt.LAST}",
               "optim.max_update=8", "optim.update_freq=2", "data.num_workers=1", "logging.tensorboard=false",
               "train.validate_every=4",
+              # validation scores the whole valid set (ctc_tiny caps it at 2 batches), so
+              # evaluate's score of the best checkpoint can be compared with it
+              "train.max_valid_batches=0",
               # one utterance a batch: tiny's GroupNorm encoder makes padded batches differ, and
               # evaluate scores group-norm models one utterance at a time
               "data.max_sentences=1"]
@@ -261,6 +264,7 @@ def test_pretrain_finetune_resume_and_evaluate(tiny_corpus: Path, labelled_corpu
     result = evaluate_ctc(one_go / ckpt.BEST, subset="valid")
     best = min(r["wer"] for r in va)
     assert result.utterances == 4 and len(result.hypotheses) == 4
+    assert all(r["utterances"] == 4 for r in va)  # the same 4 utterances on both sides
     assert result.wer == pytest.approx(best)  # the best checkpoint scores what validation logged
 
 

@@ -26,8 +26,8 @@ from torch import Tensor
 from wav2vec2.model.dropout import draw_keep_mask_
 
 # Scores of one query block: ~16 MiB is where the block still sits in this machine's cache
-# (2-core AMD EPYC; 8 and 16 MiB blocks measured 1.9x faster than the math path at T=780, 32 MiB
-# lost most of it). A bigger cache wants a bigger block; a smaller one barely loses.
+# (2-core AMD EPYC, one layer forward + backward at T=780: 9 and 18 MiB blocks ran 1.85-1.9x
+# faster than SDPA's math path, 37 MiB blocks only 1.2-1.3x). A bigger cache wants more.
 SCORE_BLOCK_BYTES = 16 * 2**20
 
 
