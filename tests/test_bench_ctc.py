@@ -4,24 +4,12 @@ and transcription returns one label sequence per utterance, equal between the tw
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 
 from wav2vec2.config import tiny
 
 
-def _bench():
-    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "bench.py")
-    spec = importlib.util.spec_from_file_location("bench_script_ctc", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_ctc_update_and_transcription_run_for_ours_and_transformers() -> None:
-    bench = _bench()
+def test_ctc_update_and_transcription_run_for_ours_and_transformers(bench) -> None:
     cfg = tiny()
     cfg.feature_encoder.grad_mult = 0.0
     cfg.transformer.layerdrop = 0.0

@@ -10,8 +10,6 @@ but the grouped positional conv, whose backward the counter over-counts."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from collections import defaultdict
 
 import pytest
@@ -24,15 +22,6 @@ from wav2vec2.model.losses import pretraining_loss
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
 
 SAMPLES = 12_000  # 0.75 s: T = 37, padded to 38 in the layers
-
-
-@pytest.fixture(scope="module")
-def bench():
-    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "bench.py")
-    spec = importlib.util.spec_from_file_location("bench_script_flops", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _by_component(counter: FlopCounterMode) -> dict[str, int]:
