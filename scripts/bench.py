@@ -551,6 +551,39 @@ def bf16_loss_gap(cfg, state_dict, inputs, device) -> tuple[float, float]:
     return losses[0], losses[1]
 
 
+def train_targets(med: dict[str, dict[str, float]], mfu: dict[str, float], *, long_crop: bool) -> list[str]:
+    """Issue #11's targets for one batch, from the median seconds per update `med[precision][impl]`
+    and our MFU per precision: each line says met, or by how much it is missed."""
+    lines = []
+
+    def check(what: str, value: float, goal: float, unit: str = "x") -> None:
+        verdict = "met" if value >= goal else f"MISSED by {goal - value:.2f}{unit}"
+        lines.append(f"  target {what} >= {goal:g}{unit}: {value:.2f}{unit}, {verdict}")
+
+    def best(times: dict[str, float], prefix: str) -> float | None:
+        peers = [t for n, t in times.items() if n.startswith(prefix)]
+        return min(peers) if peers else None
+
+    fp32, bf16 = med.get("fp32"), med.get("bf16")
+    if fp32:
+        hf, fs = best(fp32, "transformers"), best(fp32, "fairseq")
+        if hf:
+            check("fp32 vs transformers", hf / fp32["ours"], 1.5)
+        if fs:
+            check("fp32 vs fairseq", fs / fp32["ours"], 1.25)
+        if long_crop:
+            check("fp32 MFU", 100 * mfu["fp32"], 60, unit="%")
+    if bf16:
+        hf, fs = best(bf16, "transformers"), best(bf16, "fairseq")
+        if fp32 and best(fp32, "transformers"):
+            check("bf16 vs transformers fp32", best(fp32, "transformers") / bf16["ours"], 3.0)
+        if hf:
+            check("bf16 vs transformers bf16", hf / bf16["ours"], 1.5)
+        if fs:
+            check("bf16 vs fairseq bf16 (ahead)", fs / bf16["ours"], 1.0)
+    return lines
+
+
 def _batches(args) -> list[tuple[int, float]]:
     return [(2, 4.0), (4, 15.6)] if args.full else [(2, 4.0)]
 
@@ -585,6 +618,8 @@ def bench_train(args: argparse.Namespace) -> None:
             _row("train", f"{batch}x{seconds:g}s", "ours", "bf16", loss_fp32=fp32_loss, loss_bf16=bf16_loss,
                  loss_relative_gap=gap)
             release_memory()
+        medians: dict[str, dict[str, float]] = {}
+        our_mfu: dict[str, float] = {}
         for precision in args.precision:
             impls = _impls(args, cfg, state_dict, inputs, device, precision)
             times = _time_rounds(impls, device, rounds=args.rounds, reps=args.reps)
@@ -594,6 +629,7 @@ def bench_train(args: argparse.Namespace) -> None:
                     f.close()
             del impls
             med = {n: float(np.median(ts)) for n, ts in times.items()}
+            medians[precision], our_mfu[precision] = med, flops / med["ours"] / peaks[precision]
             hf_best = min(("transformers-eager", "transformers-sdpa"), key=med.get)
             print(hdr)
             for name, t in med.items():
@@ -610,6 +646,9 @@ def bench_train(args: argparse.Namespace) -> None:
             best_peer = min((n for n in med if n != "ours"), key=med.get)
             print(f"  * fastest transformers mode; best peer: {best_peer}, ours / best peer = "
                   f"{med[best_peer] / med['ours']:.2f}")
+        targets = train_targets(medians, our_mfu, long_crop=seconds >= 15)
+        print("\n".join(targets))
+        _row("train", f"{batch}x{seconds:g}s", "ours", None, targets=[t.strip() for t in targets])
 
 
 # ----------------------------------------------------------------------------- ctc
