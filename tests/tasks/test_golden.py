@@ -1,5 +1,7 @@
 """Refactors keep the math: the fixed-seed tiny pretraining run reproduces, bit for bit, the
-recorded trace (tests/golden/pretrain_tiny.json). It was recorded before the task-interface
+recorded trace (tests/golden/pretrain_tiny.json), and so does the CTC fine-tuning of its
+checkpoint through `task.init` (tests/golden/ctc_tiny.json, recorded before the one-loader
+refactor of #18). It was recorded before the task-interface
 refactor (#8) and re-recorded in #11 for changes meant to move the last bits or the random
 draws, each in its own commit: CPU dropout masks drawn as 16-bit integers (cpu_attention.py,
 dropout.py: same probability, other draws), logits as one matmul (rounding), fused AdamW
@@ -24,16 +26,17 @@ import torch
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
 
 
-def _recorder():
-    spec = importlib.util.spec_from_file_location("record_pretrain", GOLDEN_DIR / "record_pretrain.py")
+def _recorder(task: str):
+    spec = importlib.util.spec_from_file_location(f"record_{task}", GOLDEN_DIR / f"record_{task}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_pretraining_trace_is_bit_identical_to_the_recorded_one(tmp_path: Path) -> None:
-    golden = json.loads((GOLDEN_DIR / "pretrain_tiny.json").read_text())
-    trace = _recorder().run_trace(tmp_path)
+@pytest.mark.parametrize("task", ["pretrain", "ctc"])
+def test_trace_is_bit_identical_to_the_recorded_one(task: str, tmp_path: Path) -> None:
+    golden = json.loads((GOLDEN_DIR / f"{task}_tiny.json").read_text())
+    trace = _recorder(task).run_trace(tmp_path)
     assert trace["overrides"] == golden["overrides"]
     assert [(r["split"], r["num_updates"]) for r in trace["records"]] == [
         (r["split"], r["num_updates"]) for r in golden["records"]
