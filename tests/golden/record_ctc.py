@@ -83,8 +83,7 @@ def run_trace(workdir: Path) -> dict:
     state = torch.load(workdir / "ctc" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     return {
         "overrides": OVERRIDES,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__,
+        "machine": pre.machine(),
         "records": records,
         "weights_sha256": pre.weights_digest(state["model"]),
     }

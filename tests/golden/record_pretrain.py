@@ -45,6 +45,20 @@ def make_corpus(root: Path) -> Path:
     return root
 
 
+def machine() -> str:
+    """What decides the last bits of CPU floats: torch's build and kernel ISA, and the CPU
+    itself (model and feature flags: oneDNN picks its kernels and blocking by them). Two
+    machines of one cloud "kind" can differ here and then legitimately differ by ~1e-7."""
+    cpu = ""
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        lines = info.read_text().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+        cpu = model + " " + hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:12]
+    return f"torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()} {cpu}"
+
+
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name in sorted(state_dict):
@@ -70,8 +84,7 @@ def run_trace(workdir: Path) -> dict:
     state = torch.load(run / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     return {
         "overrides": OVERRIDES,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__,
+        "machine": machine(),
         "records": records,
         "weights_sha256": weights_digest(state["model"]),
     }

@@ -7,10 +7,10 @@ draws, each in its own commit: CPU dropout masks drawn as 16-bit integers (cpu_a
 dropout.py: same probability, other draws), logits as one matmul (rounding), fused AdamW
 (rounding). Before each re-recording, the code before the change reproduced the old trace.
 
-Same code, same torch build and same CPU kernels give identical floats. A machine whose
-torch picks other CPU kernels (another vector ISA) can legitimately differ in the last bits,
-so there the comparison is at 1e-6 relative and the test says so; on the recording machine
-(and CI, which runs on the same kind) it is exact.
+Same code, same torch build and same CPU give identical floats. Another CPU (another model or
+feature flags, even of the same cloud kind: oneDNN chooses kernels by them) can legitimately
+differ in the last bits (seen: 6e-7 relative in the quantizer's metrics), so there the
+comparison is at 1e-6 relative and the test says so; on the recording machine it is exact.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
 
@@ -41,8 +40,7 @@ def test_trace_is_bit_identical_to_the_recorded_one(task: str, tmp_path: Path) -
     assert [(r["split"], r["num_updates"]) for r in trace["records"]] == [
         (r["split"], r["num_updates"]) for r in golden["records"]
     ]
-    same_kernels = (golden["cpu_capability"], golden["torch"]) == (
-        torch.backends.cpu.get_cpu_capability(), torch.__version__)
+    same_kernels = golden["machine"] == trace["machine"]
     for got, want in zip(trace["records"], golden["records"]):
         assert set(got) == set(want), (sorted(set(got) ^ set(want)))
         for key, value in want.items():
@@ -53,5 +51,5 @@ def test_trace_is_bit_identical_to_the_recorded_one(task: str, tmp_path: Path) -
     if same_kernels:
         assert trace["weights_sha256"] == golden["weights_sha256"]
     else:
-        pytest.skip(f"recorded with {golden['cpu_capability']}/{golden['torch']}; metrics matched "
+        pytest.skip(f"recorded on {golden['machine']!r}, this is {trace['machine']!r}: metrics matched "
                     "at 1e-6, weights digest not compared")
