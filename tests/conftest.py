@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from wav2vec2.data import write_manifest, write_synthetic_corpus
 from wav2vec2.train.cli import register_configs, to_train_config
-from wav2vec2.train.config import TrainConfig
+from wav2vec2.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(REPO / "configs")

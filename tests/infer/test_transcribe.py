@@ -196,7 +196,8 @@ def test_windows_are_given_in_seconds(rec: Recognizer, tmp_path: Path) -> None:
     wav, _, _ = tone_speech(random_words(np.random.default_rng(2), 3), np.random.default_rng(3))
     path = write(tmp_path / "a.wav", wav)
     samples = torch.from_numpy(sf.read(path, dtype="float32")[0])
-    assert tr.frame_geometry(rec) == (320, 400)
+    encoder = rec.model.cfg.feature_encoder
+    assert (encoder.hop, encoder.receptive_field) == (320, 400)
     with AudioFile(path, sample_rate=SR) as audio:
         logits = tr.frame_logits(rec, audio)
         short = tr.frame_logits(rec, audio, window=1.0, context=0.3)
@@ -208,7 +209,7 @@ def test_windows_are_given_in_seconds(rec: Recognizer, tmp_path: Path) -> None:
     assert torch.equal(logits, covered)
     assert torch.equal(logits.argmax(-1), one_pass.argmax(-1))
 
-    expected = run_in_windows(lambda x: rec(x).logits, lambda a, b: samples[a:b], len(samples),
+    expected = run_in_windows(lambda x: rec(x).logits, lambda a, b: samples[a:b], len(samples), encoder,
                               window_frames=50, context_frames=15)
     assert torch.equal(short, expected) and len(short) == len(one_pass)
     assert not torch.equal(short, no_context) and not torch.equal(short, logits)

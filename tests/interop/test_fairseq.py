@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 
 transformers = pytest.importorskip("transformers")
 
+from wav2vec2.files import load_checkpoint
 from wav2vec2.config import ModelConfig, tiny  # noqa: E402
 from wav2vec2.data.labels import Dictionary  # noqa: E402
 from wav2vec2.infer.recognizer import load_recognizer  # noqa: E402
@@ -53,8 +54,7 @@ from wav2vec2.interop.hf import negatives_to_hf  # noqa: E402
 from wav2vec2.model.ctc import Wav2Vec2Ctc  # noqa: E402
 from wav2vec2.model.losses import contrastive_loss  # noqa: E402
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model  # noqa: E402
-from wav2vec2.train import checkpoint as ckpt  # noqa: E402
-from wav2vec2.train.checkpoint import UnsafeCheckpointError  # noqa: E402
+from wav2vec2.files import UnsafeCheckpointError  # noqa: E402
 
 pytestmark = pytest.mark.reference
 
@@ -707,7 +707,7 @@ def test_a_file_that_would_run_code_is_refused(tmp_path, payload):
     with pytest.raises(UnsafeCheckpointError):
         load_recognizer(path, dictionary=write_dictionary(tmp_path / "dict.ltr.txt"))
     with pytest.raises(UnsafeCheckpointError):
-        ckpt.load(path, allow=FAIRSEQ_SAFE_TYPES)
+        load_checkpoint(path, allow=FAIRSEQ_SAFE_TYPES)
     assert not marker.exists()
 
 
@@ -715,8 +715,8 @@ def test_dictconfig_and_namespace_files_need_the_allow_list(tmp_path):
     for fmt in ("args", "dictconfig"):
         path = _save(tmp_path, pretraining_state(TINY_ARCH, fmt, normalize=False), f"{fmt}.pt")
         with pytest.raises(UnsafeCheckpointError):
-            ckpt.load(path)
-        assert is_fairseq_checkpoint(ckpt.load(path, allow=FAIRSEQ_SAFE_TYPES))
+            load_checkpoint(path)
+        assert is_fairseq_checkpoint(load_checkpoint(path, allow=FAIRSEQ_SAFE_TYPES))
 
 
 def test_what_is_not_a_fairseq_checkpoint(tmp_path):

@@ -38,7 +38,7 @@ from wav2vec2.interop.hf import (  # noqa: E402
     state_dict_to_hf,
 )
 from wav2vec2.model.ctc import Wav2Vec2Ctc  # noqa: E402
-from wav2vec2.train.checkpoint import UnsafeCheckpointError  # noqa: E402
+from wav2vec2.files import UnsafeCheckpointError  # noqa: E402
 
 pytestmark = pytest.mark.reference
 

@@ -53,7 +53,7 @@ def test_frame_padding_mask_follows_unpadded_lengths():
     T = enc.output_lengths(3200)
     mask = frame_padding_mask(sample_pad, enc, T)
     for row, n in zip(mask, lengths.tolist()):
-        valid = slow_output_length(n, enc.kernels, enc.strides)
+        valid = slow_output_length(n, enc.cfg.conv_kernels, enc.cfg.conv_strides)
         assert (~row[:valid]).all() and row[valid:].all()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from wav2vec2.files import load_checkpoint
 from wav2vec2.config import architecture, tiny
 from wav2vec2.data import Dictionary
 from wav2vec2.model.ctc import Wav2Vec2Ctc, ctc_loss_sum
@@ -194,7 +195,7 @@ def test_init_takes_architecture_and_weights_from_the_checkpoint(make_ctc_cfg, p
     task = build_task(cfg)
     assert cfg.model.transformer.num_layers == 2  # nothing read before prepare()
     task.prepare()
-    saved = ckpt.load(pretrained)
+    saved = load_checkpoint(pretrained)
     assert cfg.model.transformer.num_layers == 3  # from the checkpoint, not ctc_tiny's 2
     assert cfg.model.masking.mask_prob == 0.2  # fine-tuning values stay this run's
     model = task.build_model()
@@ -245,7 +246,7 @@ def test_pretrain_finetune_resume_and_evaluate(tiny_corpus: Path, labelled_corpu
     one_go, resumed = tmp_path / "one_go", tmp_path / "resumed"
     train_script(*common, f"run_dir={one_go}")
     train_script(*common, f"run_dir={resumed}", "train.stop_at_update=3")
-    assert ckpt.load(resumed / ckpt.LAST)["num_updates"] == 3
+    assert load_checkpoint(resumed / ckpt.LAST)["num_updates"] == 3
     train_script(*common, f"run_dir={resumed}")
 
     a, b = _records(one_go, "train"), _records(resumed, "train")
@@ -257,7 +258,7 @@ def test_pretrain_finetune_resume_and_evaluate(tiny_corpus: Path, labelled_corpu
     # The interrupted run also validated where it stopped (update 3).
     assert [r["num_updates"] for r in va] == [4, 8] and [r["num_updates"] for r in vb] == [3, 4, 8]
     assert [r["wer"] for r in va] == [r["wer"] for r in vb[1:]]
-    sa, sb = ckpt.load(one_go / ckpt.LAST), ckpt.load(resumed / ckpt.LAST)
+    sa, sb = load_checkpoint(one_go / ckpt.LAST), load_checkpoint(resumed / ckpt.LAST)
     for name, tensor in sa["model"].items():
         assert torch.equal(tensor, sb["model"][name]), name
 
@@ -278,7 +279,7 @@ def test_architecture_from_a_ctc_checkpoint_matches(make_ctc_cfg, tmp_path: Path
     task.prepare()
     assert architecture(second.model) == architecture(cfg.model)
     model = task.build_model()
-    saved = ckpt.load(tmp_path / "first" / ckpt.LAST)["model"]
+    saved = load_checkpoint(tmp_path / "first" / ckpt.LAST)["model"]
     assert torch.equal(model.wav2vec2.encoder.layers[0].fc1.weight, saved["wav2vec2.encoder.layers.0.fc1.weight"])
     assert isinstance(task, CtcTask) and isinstance(task.dictionary, Dictionary)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from wav2vec2.files import UnsafeCheckpointError, load_checkpoint
 from wav2vec2.train import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,8 +26,8 @@ def test_save_writes_last_snapshot_best_and_prunes(tmp_path: Path) -> None:
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["checkpoint_00000004.pt", "checkpoint_00000006.pt", "checkpoint_best.pt",
                      "checkpoint_last.pt"]
-    assert ckpt.load(tmp_path / ckpt.BEST)["num_updates"] == 4
-    assert ckpt.load(tmp_path / ckpt.LAST)["num_updates"] == 6
+    assert load_checkpoint(tmp_path / ckpt.BEST)["num_updates"] == 4
+    assert load_checkpoint(tmp_path / ckpt.LAST)["num_updates"] == 6
 
 
 def test_find_latest_skips_torn_files(tmp_path: Path) -> None:
@@ -42,7 +43,7 @@ def test_find_latest_skips_torn_files(tmp_path: Path) -> None:
 _WRITER = textwrap.dedent("""
     import sys, torch
     from pathlib import Path
-    from wav2vec2.train.checkpoint import atomic_write, serialize
+    from wav2vec2.files import atomic_write, serialize
     target = Path(sys.argv[1])
     i = 0
     while True:  # ~8 MB payloads, so a kill often lands mid-write
@@ -63,7 +64,7 @@ def test_sigkill_during_checkpoint_writes_leaves_a_loadable_file(tmp_path: Path)
         time.sleep(rng.uniform(0.0, 0.5))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        state = ckpt.load(target)
+        state = load_checkpoint(target)
         assert torch.all(state["x"] == float(state["i"]))
 
 
@@ -96,7 +97,7 @@ def test_sigkill_during_training_resumes_to_the_same_weights(
         assert ckpt.find_latest(killed) is not None
     train_script(*common, f"run_dir={killed}")
 
-    a, b = ckpt.load(reference / ckpt.LAST), ckpt.load(killed / ckpt.LAST)
+    a, b = load_checkpoint(reference / ckpt.LAST), load_checkpoint(killed / ckpt.LAST)
     assert a["num_updates"] == b["num_updates"] == 24
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
@@ -128,13 +129,13 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_every_loader(tmp_path: P
 
     evil = tmp_path / "checkpoint_last.pt"
     torch.save({"model": {}, "config": {}, "num_updates": 1, "payload": _RunsCode()}, evil)
-    with pytest.raises(ckpt.UnsafeCheckpointError, match="builtins.print"):
-        ckpt.load(evil)
-    with pytest.raises(ckpt.UnsafeCheckpointError):
+    with pytest.raises(UnsafeCheckpointError, match="builtins.print"):
+        load_checkpoint(evil)
+    with pytest.raises(UnsafeCheckpointError):
         load_recognizer(evil)  # transcribing or scoring with it
-    with pytest.raises(ckpt.UnsafeCheckpointError):
+    with pytest.raises(UnsafeCheckpointError):
         build_task(make_ctc_cfg(f"task.init={evil}")).prepare()  # fine-tuning from it
-    with pytest.raises(ckpt.UnsafeCheckpointError):
+    with pytest.raises(UnsafeCheckpointError):
         load_extractor(evil, normalize=False)  # extracting features with it
     assert ckpt.load_latest(tmp_path) is None  # resuming: skipped, with a warning
     assert "this ran while loading" not in capsys.readouterr().out
@@ -145,7 +146,7 @@ def test_checkpoints_hold_only_tensors_and_plain_containers(tmp_path: Path) -> N
     and restoring them gives the same next draws."""
     import numpy as np
 
-    from wav2vec2.train import state
+    from wav2vec2.train import rng as state
 
     path = tmp_path / "c.pt"
     torch.save({"rng": state.rng_state()}, path)
@@ -157,5 +158,5 @@ def test_checkpoints_hold_only_tensors_and_plain_containers(tmp_path: Path) -> N
     old = {**state.rng_state(), "numpy": np.random.get_state()}
     torch.save({"rng": old}, path)
     want = np.random.rand()
-    state.set_rng_state(ckpt.load(path)["rng"])
+    state.set_rng_state(load_checkpoint(path)["rng"])
     assert np.random.rand() == want

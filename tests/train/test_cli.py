@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from wav2vec2.files import load_checkpoint
 from wav2vec2.train.cli import check_overrides, presets, usage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +31,7 @@ def test_help_lists_every_preset_and_where_fields_are_documented(tmp_path: Path)
     assert proc.returncode == 0
     for name in ("tiny", "demo", "base_librispeech", "large_librivox", "ctc_tiny", "ctc_demo", "ctc_base_10h"):
         assert f"  {name} " in proc.stdout
-    assert "wav2vec2/train/config.py" in proc.stdout and "common" not in presets()
+    assert "wav2vec2/config/training.py" in proc.stdout and "common" not in presets()
     assert usage() in proc.stdout
 
 
@@ -90,7 +91,7 @@ def test_ctrl_c_checkpoints_and_the_rerun_resumes(tiny_corpus: Path, tmp_path: P
     assert "Traceback" not in out and "rerun the same command to resume" in out
     from wav2vec2.train import checkpoint as ckpt
 
-    stopped_at = ckpt.load(run / ckpt.LAST)["num_updates"]
+    stopped_at = load_checkpoint(run / ckpt.LAST)["num_updates"]
     assert stopped_at >= 3
     rerun = subprocess.run([sys.executable, *args[:3], "optim.max_update=" + str(stopped_at + 2), *args[4:]],
                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from wav2vec2.config import demo, large, tiny
 from wav2vec2.train.cli import register_configs
-from wav2vec2.train.config import TrainConfig, validate
+from wav2vec2.config import TrainConfig, validate
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 PRESETS = ["base_librispeech", "large_librivox", "tiny", "demo", "ctc_tiny", "ctc_demo", "ctc_base_10m",

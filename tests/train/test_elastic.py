@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from wav2vec2.files import load_checkpoint
 from wav2vec2.train import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,7 +134,7 @@ def test_torchrun_restarts_a_killed_worker_and_loses_nothing(tiny_corpus: Path, 
     assert re.search(r"failed \(exitcode: (-9|1)\) local_rank: [01]", log), log[-4000:]
     restored = [int(u) for u in re.findall(r"restored \S+ at update (\d+)", log)]
     assert restored and restored[0] >= KILL_AT - 1, restored  # the restarted workers resumed
-    a, b = ckpt.load(reference / ckpt.LAST), ckpt.load(killed / ckpt.LAST)
+    a, b = load_checkpoint(reference / ckpt.LAST), load_checkpoint(killed / ckpt.LAST)
     assert a["num_updates"] == b["num_updates"] == NUM_UPDATES and b["world_size"] == 2
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name

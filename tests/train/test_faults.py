@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from wav2vec2.files import load_checkpoint
 from wav2vec2.train import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[2]
@@ -139,7 +140,7 @@ def test_twenty_sigkills_at_random_moments_lose_nothing(tiny_corpus: Path, tmp_p
     print(f"faults injected: {NUM_KILLS} ({kinds}), {torn} of them mid-write; "
           f"runs recovered: {NUM_KILLS}/{NUM_KILLS} relaunches, {resumed} from a checkpoint (the others were "
           f"killed before their first); logged updates redone: {redone}")
-    a, b = ckpt.load(reference / ckpt.LAST), ckpt.load(run / ckpt.LAST)
+    a, b = load_checkpoint(reference / ckpt.LAST), load_checkpoint(run / ckpt.LAST)
     assert a["num_updates"] == b["num_updates"] == NUM_UPDATES
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
@@ -157,5 +158,5 @@ def test_a_torn_snapshot_write_leaves_no_temp_file(tiny_corpus: Path, tmp_path: 
     train_script(*common, "optim.max_update=2")
     (tmp_path / (ckpt.snapshot_name(2) + ".tmp")).write_bytes(b"half a checkpoint")  # the torn write
     train_script(*common, "optim.max_update=3")
-    assert ckpt.load(tmp_path / ckpt.LAST)["num_updates"] == 3
+    assert load_checkpoint(tmp_path / ckpt.LAST)["num_updates"] == 3
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from wav2vec2.train.config import OptimConfig, validate_schedule
+from wav2vec2.config import OptimConfig, validate_schedule
 from wav2vec2.train.optim import (
     build_optimizer,
     lr_at,

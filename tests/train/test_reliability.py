@@ -21,6 +21,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from wav2vec2 import files
+from wav2vec2.files import atomic_write, load_checkpoint, serialize
 from wav2vec2.tasks import build_task
 from wav2vec2.train import checkpoint as ckpt
 from wav2vec2.train.faults import NonFiniteTrainingError
@@ -68,13 +70,13 @@ def test_sigterm_exits_75_and_the_rerun_ends_on_the_uninterrupted_weights(tiny_c
     assert proc.returncode == 75, out[-3000:]
     assert "Traceback" not in out
     assert "rerun the same command to resume" in out.strip().splitlines()[-1]
-    stopped_at = ckpt.load(preempted / ckpt.LAST)["num_updates"]
+    stopped_at = load_checkpoint(preempted / ckpt.LAST)["num_updates"]
     assert 2 <= stopped_at < 20
 
     rerun = subprocess.run([sys.executable, *common, f"run_dir={preempted}"], env=_env(), cwd=REPO,
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    a, b = ckpt.load(reference / ckpt.LAST), ckpt.load(preempted / ckpt.LAST)
+    a, b = load_checkpoint(reference / ckpt.LAST), load_checkpoint(preempted / ckpt.LAST)
     assert a["num_updates"] == b["num_updates"] == 20
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
@@ -85,7 +87,7 @@ def test_time_limit_stops_as_preempted_and_a_finished_run_is_not(make_tiny_cfg, 
     limited = _trainer(make_tiny_cfg(*FAST, "train.time_limit_minutes=1e-9", run_dir=run))
     limited.fit()
     assert limited.stop_reason == "preempted" and limited.num_updates == 1
-    assert ckpt.load(run / ckpt.LAST)["num_updates"] == 1
+    assert load_checkpoint(run / ckpt.LAST)["num_updates"] == 1
     finished = _trainer(make_tiny_cfg(*FAST, run_dir=run))
     finished.fit()
     assert finished.stop_reason is None and finished.num_updates == 4
@@ -168,7 +170,7 @@ def test_a_non_finite_update_is_skipped_counted_and_training_goes_on(
         assert [r["temperature"] for r in clean] == [r["temperature"] for r in poisoned]
     assert [r.get("nonfinite_skips") for r in poisoned] == [None, None, 1, 1]
     assert all(math.isfinite(r["loss"]) for r in poisoned)
-    assert ckpt.load(run / ckpt.LAST)["nonfinite_skips"] == 1
+    assert load_checkpoint(run / ckpt.LAST)["nonfinite_skips"] == 1
     warning = next(r.getMessage() for r in caplog.records if "non-finite" in r.getMessage())
     assert "update 3" in warning and "train.tsv:" in warning and "utt000" in warning
     assert "non-finite loss" in warning and ("grad norm nan" in warning) == (how == "source")
@@ -200,7 +202,7 @@ def test_a_diverged_model_stops_with_the_causes_and_keeps_the_last_good_checkpoi
     for cause in ("optim.lr", "warmup", "bf16", "feature_grad_mult", "data.normalize"):
         assert cause in message
     assert trainer.num_updates == 4 and trainer.num_nonfinite_skips == 3
-    assert (run / ckpt.LAST).read_bytes() == good and ckpt.load(run / ckpt.LAST)["num_updates"] == 4
+    assert (run / ckpt.LAST).read_bytes() == good and load_checkpoint(run / ckpt.LAST)["num_updates"] == 4
 
 
 def test_zero_tolerance_stops_at_the_first_non_finite_update(make_tiny_cfg, tmp_path: Path) -> None:
@@ -239,7 +241,7 @@ def test_a_diverged_run_exits_non_zero_through_the_cli(tiny_corpus: Path, tmp_pa
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert "2 updates in a row had a non-finite loss or gradient norm" in proc.stderr
-    assert ckpt.load(run / ckpt.LAST)["num_updates"] == 2
+    assert load_checkpoint(run / ckpt.LAST)["num_updates"] == 2
 
 
 # ------------------------------------------------------------------ bad files from the data pipeline
@@ -272,7 +274,7 @@ def test_bad_files_of_a_batch_are_listed_warned_counted_and_kept_from_the_task(
     warned = [r.getMessage() for r in caplog.records if "bad file" in r.getMessage()]
     assert len(warned) == 2 and "update 1" in warned[0] and "update 3" in warned[1]
     assert [r.get("bad_files") for r in _train_records(run)] == [1, 1, 3, 3]  # files replaced so far
-    assert ckpt.load(run / ckpt.LAST)["bad_files"] == 3
+    assert load_checkpoint(run / ckpt.LAST)["bad_files"] == 3
 
 
 def test_batches_without_bad_files_leave_no_trace(make_tiny_cfg, tmp_path: Path) -> None:
@@ -295,7 +297,7 @@ def _fail_fsync(monkeypatch, *, after: int = 0) -> None:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(fd)
 
-    monkeypatch.setattr(ckpt.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "fsync", fsync)
 
 
 def test_a_failed_write_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tmp_path: Path, monkeypatch) -> None:
@@ -306,7 +308,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tm
     assert str(tmp_path / ckpt.LAST) in str(err.value) and "errno 28, ENOSPC" in str(err.value)
     assert err.value.errno == errno.ENOSPC
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_00000002.pt", "checkpoint_last.pt"]
-    assert ckpt.load(tmp_path / ckpt.LAST)["num_updates"] == 2
+    assert load_checkpoint(tmp_path / ckpt.LAST)["num_updates"] == 2
 
 
 def test_a_run_that_cannot_checkpoint_stops_with_an_error(make_tiny_cfg, tmp_path: Path, monkeypatch, caplog) -> None:
@@ -320,7 +322,7 @@ def test_a_run_that_cannot_checkpoint_stops_with_an_error(make_tiny_cfg, tmp_pat
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors and str(run / ckpt.LAST) in errors[0] and "ENOSPC" in errors[0]
     assert not list(run.glob("*.tmp"))
-    assert ckpt.load(run / ckpt.LAST)["num_updates"] == 2
+    assert load_checkpoint(run / ckpt.LAST)["num_updates"] == 2
 
 
 def test_pruning_never_deletes_the_only_loadable_snapshot(tmp_path: Path) -> None:
@@ -394,7 +396,7 @@ def test_every_rank_skips_when_one_rank_has_a_non_finite_loss(make_tiny_cfg, tmp
     out = str(tmp_path / "result")
     mp.spawn(_ddp_nan_worker, args=(_free_port(), cfg, out), nprocs=2, join=True)
     assert [json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1)] == [[3, 1], [3, 1]]
-    state = ckpt.load(tmp_path / "run" / ckpt.LAST)
+    state = load_checkpoint(tmp_path / "run" / ckpt.LAST)
     assert state["num_updates"] == 3 and state["nonfinite_skips"] == 1
     assert all(torch.isfinite(t).all() for t in state["model"].values())
 
@@ -406,9 +408,9 @@ def test_a_checkpoint_whose_config_does_not_fit_the_schema_is_refused_naming_the
         make_tiny_cfg, tmp_path: Path, edit, key) -> None:
     run = tmp_path / "run"
     _trainer(make_tiny_cfg(*FAST, "train.stop_at_update=1", run_dir=run)).fit()
-    state = ckpt.load(run / ckpt.LAST)
+    state = load_checkpoint(run / ckpt.LAST)
     section, name, value = edit
     state["config"][section][name] = value  # a key of another version, or a hand edit
-    ckpt.atomic_write(run / ckpt.LAST, ckpt.serialize(state))
+    atomic_write(run / ckpt.LAST, serialize(state))
     with pytest.raises(ValueError, match=rf"checkpoint_last\.pt: its config does not fit .*{re.escape(key)}"):
         _trainer(make_tiny_cfg(*FAST, run_dir=run))

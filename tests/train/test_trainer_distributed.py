@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from wav2vec2.train.config import TrainConfig
+from wav2vec2.files import load_checkpoint
+from wav2vec2.config import TrainConfig
 from wav2vec2.train import distributed as dist_utils
 
 NO_DROPOUT = ["model.transformer.dropout=0", "model.transformer.attention_dropout=0",
@@ -84,7 +85,7 @@ def test_two_ranks_equal_one_process_for_ctc(make_ctc_cfg, tmp_path: Path) -> No
         torch.testing.assert_close(b[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     from wav2vec2.train import checkpoint as ckpt
 
-    state = ckpt.load(tmp_path / "double" / ckpt.LAST)
+    state = load_checkpoint(tmp_path / "double" / ckpt.LAST)
     assert state["task"] == "ctc" and state["world_size"] == 2 and state["num_updates"] == 3
 
 
@@ -106,6 +107,6 @@ def test_torchrun_through_the_entry_point(tiny_corpus: Path, tmp_path: Path) -> 
         env=env, cwd=repo, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    state = ckpt.load(run / ckpt.LAST)
+    state = load_checkpoint(run / ckpt.LAST)
     assert state["num_updates"] == 4 and state["world_size"] == 2 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # per-rank dropout streams

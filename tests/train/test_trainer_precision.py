@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from wav2vec2.train import trainer as trainer_mod
-from wav2vec2.train.config import PrecisionConfig
+from wav2vec2.config import PrecisionConfig
 from wav2vec2.train.optim import DynamicLossScaler, build_loss_scaler
 from wav2vec2.tasks import build_task
 from wav2vec2.train.trainer import Trainer

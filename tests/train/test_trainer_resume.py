@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from wav2vec2.train import checkpoint as ckpt
+from wav2vec2.files import load_checkpoint
 
 LOGGED = {
     "loss", "contrastive", "diversity", "feature_penalty", "accuracy", "prob_perplexity",
@@ -40,7 +40,7 @@ def test_tiny_config_runs_end_to_end(tiny_corpus: Path, tmp_path: Path, train_sc
             "checkpoint_00000005.pt", "checkpoint_00000010.pt"} <= names
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
     assert "ETA" in proc.stderr + proc.stdout  # the console progress line
-    state = ckpt.load(run / "checkpoint_last.pt")
+    state = load_checkpoint(run / "checkpoint_last.pt")
     assert state["num_updates"] == 10 and state["config"]["run_dir"] == str(run)
     assert state["config"]["model"]["transformer"]["embed_dim"] == 48
 
@@ -58,7 +58,7 @@ def test_resume_is_bit_exact(tiny_corpus: Path, tmp_path: Path, train_script) ->
     one_go, resumed = tmp_path / "one_go", tmp_path / "resumed"
     train_script(*common, f"run_dir={one_go}")
     train_script(*common, f"run_dir={resumed}", "train.stop_at_update=3")
-    mid = ckpt.load(resumed / "checkpoint_last.pt")
+    mid = load_checkpoint(resumed / "checkpoint_last.pt")
     assert mid["num_updates"] == 3
     assert 0 < mid["data"]["consumed"] < mid["data"]["sampler"]["num_batches"]  # mid-epoch
     train_script(*common, f"run_dir={resumed}")
@@ -68,7 +68,7 @@ def test_resume_is_bit_exact(tiny_corpus: Path, tmp_path: Path, train_script) ->
     for ra, rb in zip(a, b):
         assert {k: ra[k] for k in EXACT} == {k: rb[k] for k in EXACT}
     assert len({r["temperature"] for r in a}) == 6
-    sa, sb = ckpt.load(one_go / "checkpoint_last.pt"), ckpt.load(resumed / "checkpoint_last.pt")
+    sa, sb = load_checkpoint(one_go / "checkpoint_last.pt"), load_checkpoint(resumed / "checkpoint_last.pt")
     assert sa["data"]["epoch"] == sb["data"]["epoch"] == 2
     for name, tensor in sa["model"].items():
         assert torch.equal(tensor, sb["model"][name]), name

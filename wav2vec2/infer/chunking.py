@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from wav2vec2.config import FeatureEncoderConfig
+
 
 @dataclass(frozen=True)
 class Window:
@@ -40,21 +42,16 @@ class Window:
     """The file's frame index of the window's first kept frame."""
 
 
-def num_frames(num_samples: int, *, hop: int, receptive_field: int) -> int:
-    """Frames the encoder makes of `num_samples` (0 if shorter than one receptive field):
-    floor((L - receptive_field) / hop) + 1, as the conv stack's arithmetic for the paper's
-    encoder (and any stack whose strides multiply to `hop`)."""
-    return 0 if num_samples < receptive_field else (num_samples - receptive_field) // hop + 1
-
-
 def plan_windows(
-    num_samples: int, *, window_frames: int, context_frames: int, hop: int = 320, receptive_field: int = 400
+    num_samples: int, encoder: FeatureEncoderConfig, *, window_frames: int, context_frames: int
 ) -> list[Window]:
     """Cut a file of `num_samples` into windows whose cores of `window_frames` frames tile
-    its frames exactly, each with up to `context_frames` frames of audio on either side."""
+    its frames exactly, each with up to `context_frames` frames of audio on either side.
+    `encoder` gives the frame arithmetic (hop, receptive field, frame count)."""
     if window_frames < 1 or context_frames < 0:
         raise ValueError(f"window_frames must be >= 1 and context_frames >= 0, got {window_frames}, {context_frames}")
-    total = num_frames(num_samples, hop=hop, receptive_field=receptive_field)
+    hop, receptive_field = encoder.hop, encoder.receptive_field
+    total = encoder.num_frames(num_samples)
     windows = []
     for core_start in range(0, total, window_frames):
         core_end = min(core_start + window_frames, total)
@@ -71,31 +68,29 @@ def run_in_windows(
     fn: Callable[[Tensor], Tensor],
     read: Callable[[int, int], Tensor],
     num_samples: int,
+    encoder: FeatureEncoderConfig,
     *,
     window_frames: int,
     context_frames: int,
-    hop: int = 320,
-    receptive_field: int = 400,
     progress: Callable[[int], None] | None = None,
 ) -> Tensor:
     """The file's frames, computed window by window.
 
     `read(start, end)` returns samples [start, end) of the file (so the file need not be in
     memory); `fn` maps a window's samples (1, L) to its frames (1, T, X) with T =
-    num_frames(L). `progress(samples_done)` is called after each window.
+    `encoder.num_frames(L)`. `progress(samples_done)` is called after each window.
 
     Shape: returns (T_file, X).
     """
     pieces = []
-    windows = plan_windows(num_samples, window_frames=window_frames, context_frames=context_frames, hop=hop,
-                           receptive_field=receptive_field)
+    windows = plan_windows(num_samples, encoder, window_frames=window_frames, context_frames=context_frames)
     for i, w in enumerate(windows):
         wav = read(w.start, w.end).unsqueeze(0)  # (L,) -> (1, L)
         frames = fn(wav)  # (1, T, X)
-        expected = num_frames(w.end - w.start, hop=hop, receptive_field=receptive_field)
+        expected = encoder.num_frames(w.end - w.start)
         if frames.shape[1] != expected:
             raise ValueError(f"the model made {frames.shape[1]} frames of {w.end - w.start} samples, expected "
-                             f"{expected}: hop {hop} / receptive field {receptive_field} do not match it")
+                             f"{expected}: the encoder config's frame arithmetic does not match the model")
         pieces.append(frames[0, w.keep_from:w.keep_to])  # (T_core, X)
         if progress is not None:  # the tail past the last frame is done with the last window
             progress(num_samples if i == len(windows) - 1 else w.end)

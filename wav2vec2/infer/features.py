@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -45,7 +44,7 @@ import torch
 
 from wav2vec2.data.manifest import read_manifest
 from wav2vec2.infer.audio import AudioFile
-from wav2vec2.infer.chunking import Window, num_frames, plan_windows
+from wav2vec2.infer.chunking import Window, plan_windows
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
 
 log = logging.getLogger(__name__)
@@ -81,7 +80,7 @@ class FeatureExtractor:
     @property
     def hop(self) -> int:
         """Samples between frames: the product of the conv strides (320)."""
-        return math.prod(self.model.feature_encoder.strides)
+        return self.model.cfg.feature_encoder.hop
 
     @property
     def receptive_field(self) -> int:
@@ -104,7 +103,7 @@ class FeatureExtractor:
         return self.model.feature_encoder.out_dim if layer == CNN else self.model.cfg.transformer.embed_dim
 
     def num_frames(self, num_samples: int) -> int:
-        return num_frames(num_samples, hop=self.hop, receptive_field=self.receptive_field)
+        return self.model.cfg.feature_encoder.num_frames(num_samples)
 
     def open(self, path: str | os.PathLike) -> AudioFile:
         """`path` as the model wants it: resampled, normalised over the whole file if asked."""
@@ -114,9 +113,8 @@ class FeatureExtractor:
 
     def windows(self, num_samples: int) -> list[Window]:
         windows = plan_windows(
-            num_samples, window_frames=max(1, round(self.window_seconds * self.frame_rate)),
-            context_frames=round(self.context_seconds * self.frame_rate), hop=self.hop,
-            receptive_field=self.receptive_field)
+            num_samples, self.model.cfg.feature_encoder, window_frames=max(1, round(self.window_seconds * self.frame_rate)),
+            context_frames=round(self.context_seconds * self.frame_rate))
         # The last window reads to the end of the file: the tail past the last frame makes
         # no frame (< hop samples, the frame count is unchanged) but enters the statistics
         # of the BASE CNN's GroupNorm, so a file in one window is exactly one pass over it.

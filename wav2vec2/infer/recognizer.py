@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from wav2vec2.files import load_checkpoint
 from wav2vec2.config import ModelConfig
 from wav2vec2.data.labels import BLANK, Dictionary
 from wav2vec2.model.ctc import CtcOutput, Wav2Vec2Ctc
-from wav2vec2.train import checkpoint as ckpt
 
 
 @dataclass
@@ -75,7 +75,7 @@ def load_recognizer(path: str | Path, *, dictionary: str | Path | None = None,
         raise FileNotFoundError(f"no model at {path}: give a checkpoint file or a transformers directory")
     from wav2vec2.interop.fairseq import FAIRSEQ_SAFE_TYPES, is_fairseq_checkpoint, load_fairseq_ctc
 
-    state = ckpt.load(path, allow=FAIRSEQ_SAFE_TYPES)  # ours, or fairseq's (argparse / omegaconf configs)
+    state = load_checkpoint(path, allow=FAIRSEQ_SAFE_TYPES)  # ours, or fairseq's (argparse / omegaconf configs)
     if is_fairseq_checkpoint(state):
         if dictionary is None:
             raise ValueError(f"{path} is a fairseq checkpoint: its letters are in a separate dict.ltr.txt; "

@@ -79,17 +79,6 @@ class Transcript:
 
 
 # ---------------------------------------------------------------- frames
-def frame_geometry(rec: Recognizer) -> tuple[int, int]:
-    """(hop, receptive field) in samples of the model's conv feature encoder: (320, 400) for
-    the paper's, 20 ms frames each seeing 25 ms at 16 kHz."""
-    fe = rec.model.cfg.feature_encoder
-    hop, receptive_field = 1, 1
-    for kernel, stride in zip(fe.conv_kernels, fe.conv_strides):
-        receptive_field += (kernel - 1) * hop
-        hop *= stride
-    return hop, receptive_field
-
-
 def frame_logits(rec: Recognizer, audio: AudioFile, *, window: float = WINDOW_SECONDS,
                  context: float = CONTEXT_SECONDS, progress: Callable[[int], None] | None = None) -> Tensor:
     """The file's frame logits, computed window by window (`window` seconds kept per window,
@@ -100,11 +89,11 @@ def frame_logits(rec: Recognizer, audio: AudioFile, *, window: float = WINDOW_SE
     """
     if window <= 0 or context < 0:
         raise ValueError(f"window must be > 0 s and context >= 0 s, got window={window}, context={context}")
-    hop, receptive_field = frame_geometry(rec)
-    frame = hop / rec.sample_rate
-    logits = run_in_windows(lambda wav: rec(wav).logits.float().cpu(), audio.read, audio.num_samples,
+    encoder = rec.model.cfg.feature_encoder
+    frame = encoder.hop / rec.sample_rate
+    logits = run_in_windows(lambda wav: rec(wav).logits.float().cpu(), audio.read, audio.num_samples, encoder,
                             window_frames=max(1, round(window / frame)), context_frames=round(context / frame),
-                            hop=hop, receptive_field=receptive_field, progress=progress)
+                            progress=progress)
     return logits if len(logits) else torch.zeros(0, len(rec.dictionary))
 
 
@@ -278,8 +267,7 @@ def transcribe_file(rec: Recognizer, path: str | os.PathLike, *, beam: BeamSearc
                     progress: bool = False) -> Transcript:
     """One recording of any length, greedy CTC unless `beam`. With `progress`, files over a
     minute show a tqdm bar on stderr. Raises ValueError for audio it cannot read or that is empty."""
-    hop, _ = frame_geometry(rec)
-    frame = hop / rec.sample_rate
+    frame = rec.model.cfg.feature_encoder.hop / rec.sample_rate  # seconds per CTC frame
     with AudioFile(path, sample_rate=rec.sample_rate, normalize=rec.normalize) as audio:
         duration = audio.num_samples / rec.sample_rate
         bar = None

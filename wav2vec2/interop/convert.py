@@ -23,10 +23,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from wav2vec2.files import load_checkpoint
 from wav2vec2.config import ModelConfig
 from wav2vec2.infer.recognizer import Recognizer, load_recognizer
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
-from wav2vec2.train import checkpoint as ckpt
 
 TARGETS = ("fairseq", "hf")
 
@@ -57,7 +57,7 @@ def read_model(path: str | os.PathLike, *, dictionary: str | os.PathLike | None 
         raise FileNotFoundError(f"no model at {path}: give a checkpoint file or a transformers directory")
     from wav2vec2.interop.fairseq import FAIRSEQ_SAFE_TYPES, _parse, is_fairseq_checkpoint, load_fairseq_pretraining
 
-    state = ckpt.load(path, allow=FAIRSEQ_SAFE_TYPES)
+    state = load_checkpoint(path, allow=FAIRSEQ_SAFE_TYPES)
     if is_fairseq_checkpoint(state):
         if _parse(state)[0] == "wav2vec_ctc":
             if dictionary is None:

@@ -49,7 +49,6 @@ import contextlib
 import copy
 import json
 import logging
-import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -117,7 +116,7 @@ def min_samples(model: Wav2Vec2Ctc) -> int:
     """The shortest input the graph takes: two frames. torch.export cannot prove that the
     1-frame case follows the same code path (size-1 dims broadcast), so it is excluded."""
     encoder = model.wav2vec2.feature_encoder
-    return encoder.receptive_field + math.prod(encoder.strides)
+    return encoder.receptive_field + encoder.cfg.hop
 
 
 def export_onnx(recognizer: Recognizer, path: str | os.PathLike, *, opset: int = OPSET,
@@ -198,7 +197,7 @@ def sidecar(recognizer: Recognizer, **extra) -> dict:
         "sample_rate": recognizer.sample_rate,
         "normalize": recognizer.normalize,
         "normalize_eps": NORMALIZE_EPS,
-        "frame_hop": math.prod(encoder.strides),
+        "frame_hop": encoder.cfg.hop,
         "receptive_field": encoder.receptive_field,
         "min_samples": min_samples(recognizer.model),
         "source": recognizer.source,

@@ -51,13 +51,13 @@ from omegaconf.base import ContainerMetadata, Metadata
 from omegaconf.nodes import AnyNode, BooleanNode, FloatNode, IntegerNode, StringNode
 from torch import Tensor, nn
 
+from wav2vec2.files import atomic_write, load_checkpoint, serialize
 from wav2vec2.config import ModelConfig
 from wav2vec2.data.labels import Dictionary
 from wav2vec2.infer.recognizer import Recognizer, build_recognizer
 from wav2vec2.interop.keymap import Table, compile_table, rename
 from wav2vec2.model.ctc import Wav2Vec2Ctc
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
-from wav2vec2.train import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
 
@@ -540,7 +540,7 @@ def is_fairseq_checkpoint(state: Any) -> bool:
 
 def _read(path: str | Path, state: dict[str, Any] | None) -> dict[str, Any]:
     if state is None:
-        state = ckpt.load(Path(path), allow=FAIRSEQ_SAFE_TYPES)
+        state = load_checkpoint(Path(path), allow=FAIRSEQ_SAFE_TYPES)
     if not is_fairseq_checkpoint(state):
         raise ValueError(f"{path} is not a fairseq checkpoint (a dict with 'model' and 'args' or 'cfg')")
     return state
@@ -731,5 +731,5 @@ def export_fairseq(
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(model, Wav2Vec2Ctc):
         letters.save(path.parent / "dict.ltr.txt")
-    ckpt.atomic_write(path, ckpt.serialize(state))
+    atomic_write(path, serialize(state))
     return path

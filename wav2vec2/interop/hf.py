@@ -393,7 +393,7 @@ def _from_pretrained(model_class, path: Path, hf_config):
     a .bin that would run code is refused with `UnsafeCheckpointError`, as every loader here does."""
     import pickle
 
-    from wav2vec2.train.checkpoint import UnsafeCheckpointError
+    from wav2vec2.files import UnsafeCheckpointError
 
     try:
         return model_class.from_pretrained(path, config=hf_config, local_files_only=True, weights_only=True,

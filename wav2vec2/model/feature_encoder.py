@@ -106,9 +106,8 @@ class ConvFeatureEncoder(nn.Module):
                 "feature_encoder.conv_dims, conv_kernels and conv_strides must have the same "
                 f"length, got {len(cfg.conv_dims)}, {len(cfg.conv_kernels)}, {len(cfg.conv_strides)}"
             )
+        self.cfg = cfg
         self.activation_checkpointing = cfg.activation_checkpointing
-        self.kernels = list(cfg.conv_kernels)
-        self.strides = list(cfg.conv_strides)
         blocks = []
         in_dim = 1
         for i, (dim, kernel, stride) in enumerate(
@@ -134,21 +133,11 @@ class ConvFeatureEncoder(nn.Module):
     @property
     def receptive_field(self) -> int:
         """Samples needed for one output frame (400 for the paper's encoder)."""
-        field, hop = 1, 1
-        for k, s in zip(self.kernels, self.strides):
-            field += (k - 1) * hop
-            hop *= s
-        return field
+        return self.cfg.receptive_field
 
     def output_lengths(self, lengths: Tensor | int) -> Tensor | int:
-        """Frames produced from `lengths` samples: T <- floor((T - k) / s) + 1 per block.
-
-        Works on Python ints and on integer tensors of any shape. Lengths shorter than the
-        receptive field give 0 or negative values; callers that need frames check for that.
-        """
-        for k, s in zip(self.kernels, self.strides):
-            lengths = (lengths - k) // s + 1
-        return lengths
+        """Frames produced from `lengths` samples (`FeatureEncoderConfig.output_lengths`)."""
+        return self.cfg.output_lengths(lengths)
 
     def forward(self, wav: Tensor) -> Tensor:
         """Shape: wav (B, L) -> (B, C, T)."""

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from wav2vec2.tasks.base import LossOutput, Task
 from wav2vec2.tasks.ctc import CtcTask
 from wav2vec2.tasks.pretrain import PretrainTask
-from wav2vec2.train.config import TrainConfig
+from wav2vec2.config import TrainConfig
 
 TASKS: dict[str, type[Task]] = {task.name: task for task in (PretrainTask, CtcTask)}
 

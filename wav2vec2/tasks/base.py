@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from wav2vec2.data import RawAudioDataset
-from wav2vec2.train.config import TrainConfig
+from wav2vec2.config import TrainConfig
 
 
 @dataclass

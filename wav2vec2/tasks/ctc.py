@@ -26,6 +26,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from wav2vec2.files import load_checkpoint
 from wav2vec2.config import ModelConfig, with_architecture
 from wav2vec2.data import Dictionary, LabelledAudioDataset
 from wav2vec2.data.labels import BLANK, SPECIALS
@@ -33,8 +34,7 @@ from wav2vec2.infer.decode import error_counts, greedy_ctc, wer_cer
 from wav2vec2.model.ctc import Wav2Vec2Ctc, ctc_loss_sum
 from wav2vec2.model.losses import LN2
 from wav2vec2.tasks.base import LossOutput, Task
-from wav2vec2.train import checkpoint as ckpt
-from wav2vec2.train.config import TrainConfig
+from wav2vec2.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +152,7 @@ class CtcTask(Task):
     def _warn_unalignable(self, dataset: LabelledAudioDataset, subset: str) -> None:
         """CTC needs a frame per letter, plus a blank between repeated letters; shorter
         utterances get an infinite loss, zeroed by `zero_infinity` (they teach nothing)."""
-        fe = self.cfg.model.feature_encoder
-        frames = dataset.lengths.copy()
-        for k, s in zip(fe.conv_kernels, fe.conv_strides):
-            frames = (frames - k) // s + 1
+        frames = self.cfg.model.feature_encoder.output_lengths(dataset.lengths)
         needed = [len(y) + sum(a == b for a, b in zip(y, y[1:])) for y in dataset.labels]
         short = [i for i, n in enumerate(needed) if frames[i] < n]
         if short:
@@ -275,7 +272,7 @@ def load_pretrained_encoder(path: str) -> tuple[ModelConfig, dict[str, torch.Ten
         raise FileNotFoundError(f"task.init: {path} is neither a checkpoint file nor a transformers directory")
     from wav2vec2.interop.fairseq import FAIRSEQ_SAFE_TYPES, is_fairseq_checkpoint, load_fairseq_pretraining
 
-    state = ckpt.load(p, allow=FAIRSEQ_SAFE_TYPES)  # ours, or fairseq's (argparse / omegaconf configs)
+    state = load_checkpoint(p, allow=FAIRSEQ_SAFE_TYPES)  # ours, or fairseq's (argparse / omegaconf configs)
     if is_fairseq_checkpoint(state):  # a fairseq pretraining or fine-tuned model: its encoder
         return load_fairseq_pretraining(p, state, heads=False)
     if "model" not in state or "config" not in state:

@@ -39,7 +39,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from wav2vec2.config import PRESETS, ModelConfig
 from wav2vec2.tasks import TASKS, config_from_dict
-from wav2vec2.train.config import TrainConfig
+from wav2vec2.config import TrainConfig
 
 # The repository's configs/ (an editable or source install); `--config-dir` adds another.
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
@@ -97,8 +97,8 @@ def usage() -> str:
         *(f"  {name:<{width}}  {text}" for name, text in names.items()),
         "",
         "Any field can be set as key=value (optim.lr=2e-4, model=large, task.freeze_finetune_updates=0).",
-        "Every field is documented where it is declared: wav2vec2/train/config.py (data, optim, ...),",
-        "wav2vec2/config.py (model), wav2vec2/tasks/pretrain.py and ctc.py (task).",
+        "Every field is documented where it is declared: wav2vec2/config/training.py (data, optim, ...),",
+        "wav2vec2/config/model.py (model), wav2vec2/tasks/pretrain.py and ctc.py (task).",
         "--cfg job prints the composed config; --hydra-help shows Hydra's own options.",
     ]
     return "\n".join(lines)
@@ -141,8 +141,8 @@ def check_overrides(args: list[str]) -> str | None:
         if key not in keys:
             close = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]}?" if close else ""
-            return (f"{key} is not a config field{hint} (fields are documented in wav2vec2/train/config.py, "
-                    "wav2vec2/config.py and wav2vec2/tasks/; see --help)")
+            return (f"{key} is not a config field{hint} (fields are documented in wav2vec2/config/training.py, "
+                    "wav2vec2/config/model.py and wav2vec2/tasks/; see --help)")
     return None
 
 

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from wav2vec2.train.config import SCHEDULES, OptimConfig, PrecisionConfig
+from wav2vec2.config import SCHEDULES, OptimConfig, PrecisionConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:

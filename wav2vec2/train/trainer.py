@@ -28,13 +28,14 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from wav2vec2.files import atomic_write, load_checkpoint
 from wav2vec2.config import architecture_differences
 from wav2vec2.data import STREAM_TRAIN, STREAM_VALID, BatchStream, TokenBudgetBatchSampler, batch_seed, build_dataloader
 from wav2vec2.tasks.base import Task
 from wav2vec2.train import checkpoint as ckpt
 from wav2vec2.train import distributed as dist_utils
-from wav2vec2.train import state as rng
-from wav2vec2.train.config import TrainConfig, validate
+from wav2vec2.train import rng
+from wav2vec2.config import TrainConfig, validate
 from wav2vec2.train.faults import BadFileLog, too_many_nonfinite
 from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging
 from wav2vec2.train.optim import (
@@ -459,7 +460,7 @@ class Trainer:
             resets = dict(optimizer=False, schedule=False, dataloader=False, rng=False)
         elif c.continue_from:
             path = Path(c.continue_from)
-            state = ckpt.load(path)
+            state = load_checkpoint(path)
             resets = dict(optimizer=c.reset_optimizer, schedule=c.reset_schedule,
                           dataloader=c.reset_dataloader, rng=True)
         else:
@@ -575,4 +576,4 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def _write_config(cfg: TrainConfig, path: Path) -> None:
     from omegaconf import OmegaConf
 
-    ckpt.atomic_write(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)).encode())
+    atomic_write(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)).encode())

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from wav2vec2.config import ModelConfig
+from wav2vec2.config.model import ModelConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,36 @@ class FeatureEncoderConfig:
     (`torch.utils.checkpoint`, non-reentrant): at 15.6 s crops the encoder's 512-channel
     activations are the largest left once the Transformer layers are checkpointed. Same math;
     costs about one more encoder forward (docs/performance.md)."""
+
+    # The frame arithmetic of the conv stack, in one place: the model, CTC's length checks,
+    # windowed inference, export and the benchmark all count frames with these.
+    @property
+    def hop(self) -> int:
+        """Samples between consecutive frames: the product of the strides (320, 20 ms at 16 kHz)."""
+        return math.prod(self.conv_strides)
+
+    @property
+    def receptive_field(self) -> int:
+        """Samples one frame sees (400 for the paper's encoder, 25 ms)."""
+        field_, hop = 1, 1
+        for k, s in zip(self.conv_kernels, self.conv_strides):
+            field_ += (k - 1) * hop
+            hop *= s
+        return field_
+
+    def output_lengths(self, lengths: Any) -> Any:
+        """Frames made of `lengths` samples: L <- floor((L - k) / s) + 1 per conv block.
+
+        Works on Python ints, NumPy arrays and integer tensors of any shape. Lengths shorter
+        than the receptive field give 0 or negative values; `num_frames` clamps them."""
+        for k, s in zip(self.conv_kernels, self.conv_strides):
+            lengths = (lengths - k) // s + 1
+        return lengths
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames made of `num_samples` samples, 0 for audio shorter than one receptive field.
+        Equal to floor((L - receptive_field) / hop) + 1 for L >= receptive_field."""
+        return max(0, int(self.output_lengths(int(num_samples))))
 
 
 @dataclass
