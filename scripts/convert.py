@@ -12,7 +12,8 @@ examples:
   python scripts/convert.py w2v_10m/ --to fairseq back/wav2vec_ctc.pt
 
 The source is this project's checkpoint, a fairseq checkpoint or a transformers directory
-(`wav2vec2/interop/convert.py`); every tool of this project reads all three as they are.
+(the one loader, `wav2vec2/interop/load.py`); every tool of this project reads all three as
+they are. Writing transformers directories needs transformers: pip install -e '.[hf]'.
 A CTC model stays a CTC model; a pretraining model keeps its quantizer and projections.
 The result is loaded back and its outputs compared with the source's before this exits 0.
 """
@@ -24,21 +25,20 @@ import sys
 
 import torch
 
-from wav2vec2.infer.recognizer import Recognizer
-from wav2vec2.interop.convert import TARGETS, convert, read_model
+from wav2vec2.interop.load import TARGETS, convert, load_model
 
 
 def _check(source, written, to: str, dictionary) -> str:
-    """Read the written model back through this project's loaders and compare outputs on 2 s
-    of noise: CTC logits, or the encoder's output for pretraining models."""
-    before = read_model(source, dictionary=dictionary)
-    after = read_model(written, dictionary=written.parent / "dict.ltr.txt" if to == "fairseq" else None)
+    """Read the written model back through the loader and compare outputs on 2 s of noise:
+    CTC logits, or the encoder's output for pretraining models."""
+    before = load_model(source, dictionary=dictionary).build()
+    after = load_model(written, dictionary=written.parent / "dict.ltr.txt" if to == "fairseq" else None).build()
     wav = torch.randn(1, 32000, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        if isinstance(before, Recognizer):
+        if hasattr(before, "proj"):  # a Wav2Vec2Ctc
             a, b = before(wav).logits, after(wav).logits
         else:
-            a, b = before.model.encode(wav).x, after.model.eval().encode(wav).x
+            a, b = before.encode(wav).x, after.encode(wav).x
     difference = (a - b).abs().max().item()
     if difference > 1e-4:
         raise RuntimeError(f"{written} computes differently from {source}: max |difference| {difference:.2e}")

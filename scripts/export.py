@@ -8,11 +8,12 @@ and an ExecuTorch program.
     python scripts/export.py fairseq_ctc.pt --dictionary dict.ltr.txt --onnx asr.onnx
     python scripts/export.py runs/ft/checkpoint_best.pt --pte out/asr.pte   # needs the executorch extra
 
-MODEL is anything `load_recognizer` reads. The graph is checked against the PyTorch model
-on a few seconds of synthetic audio (max |logit difference|; for --int8, how many frames'
-argmax agree with fp32). Run it with `python scripts/onnx_transcribe.py out/asr.onnx a.wav`
-(numpy, soundfile and onnxruntime only). The graph and the sidecar are described in
-`wav2vec2/interop/export.py`.
+MODEL is a CTC model the loader reads (this project's, fairseq's with --dictionary, a
+transformers directory). The graph is checked against the PyTorch model on a few seconds of
+synthetic audio (max |logit difference|; for --int8, how many frames' argmax agree with
+fp32). Run it with `python scripts/onnx_transcribe.py out/asr.onnx a.wav` (numpy, soundfile
+and onnxruntime only). The graph and the sidecar are described in
+`wav2vec2/interop/onnx.py`, the .pte in `wav2vec2/interop/pte.py`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wav2vec2.infer.recognizer import load_recognizer
-from wav2vec2.interop.export import export_onnx, quantize_onnx, sidecar_path
+from wav2vec2.infer.recognizer import Recognizer
+from wav2vec2.interop.load import load_model
+from wav2vec2.interop.onnx import INSTALL_HINT, export_onnx, quantize_onnx, sidecar_path
+from wav2vec2.interop.pte import export_pte
 
 
 def _check_audio(rec) -> np.ndarray:
@@ -90,13 +93,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.int8 and args.onnx is None:
         parser.error("--int8 quantises the ONNX graph: give --onnx")
     try:
-        rec = load_recognizer(args.model, dictionary=args.dictionary)
+        model = load_model(args.model, dictionary=args.dictionary)
+        rec = Recognizer.from_loaded(model)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if args.onnx is not None:
+        try:
+            import onnx  # noqa: F401 - what the exporter, int8 and the check need, before any work
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as err:
+            print(f"error: --onnx needs {err.name}: {INSTALL_HINT}", file=sys.stderr)
+            return 1
         start = time.perf_counter()
-        onnx_path = export_onnx(rec, args.onnx, opset=args.opset)
+        onnx_path = export_onnx(model, args.onnx, opset=args.opset)
         print(f"wrote {onnx_path} ({_size(onnx_path)}) and {sidecar_path(onnx_path)} "
               f"in {time.perf_counter() - start:.1f} s")
         int8_path = None
@@ -106,13 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_check:
             _check(rec, onnx_path, int8_path)
     if args.pte is not None:
-        from wav2vec2.interop.export import export_pte
-
         start = time.perf_counter()
         try:
-            pte_path = export_pte(rec, args.pte, max_seconds=args.pte_max_seconds)
+            pte_path = export_pte(model, args.pte, max_seconds=args.pte_max_seconds)
         except ImportError as err:
-            print(f"error: --pte needs ExecuTorch: pip install -e '.[executorch]' ({err})", file=sys.stderr)
+            print(f"error: {err}", file=sys.stderr)
             return 1
         print(f"wrote {pte_path} ({_size(pte_path)}) and {sidecar_path(pte_path)} "
               f"in {time.perf_counter() - start:.1f} s")

@@ -9,8 +9,8 @@ examples:
   # two files, the last layer only, a transformers directory with no preprocessor_config.json
   python scripts/extract_features.py --model hf_dir --no-normalize --layers 12 --out feats a.wav b.flac
 
-The model is a pretraining or CTC checkpoint of this project or a transformers directory
-(anything `load_pretrained_encoder` reads). Layer i is `EncoderOutput.hidden_states[i]`: 0 the
+The model is anything the loader reads (`wav2vec2/interop/load.py`): a pretraining or CTC
+checkpoint of this project, a fairseq checkpoint or a transformers directory. Layer i is `EncoderOutput.hidden_states[i]`: 0 the
 input of the first Transformer layer, N (num_layers) the encoder's output; cnn the CNN
 features. feats/features.json records the numbering, dims, frame rate (50 Hz at 16 kHz), hop
 and receptive field. Files longer than --window seconds are encoded in windows with --context
@@ -24,7 +24,8 @@ import argparse
 import logging
 import sys
 
-from wav2vec2.infer.features import extract_to_dir, failure_message, find_utterances, load_extractor, parse_layers
+from wav2vec2.infer.feature_files import extract_to_dir, failure_message, find_utterances
+from wav2vec2.infer.features import load_extractor, parse_layers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="npy: <layer>/<utterance>.npy; stacked: <layer>.npy + index.tsv (default: npy)")
     parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                         help="standardise each waveform (default: what the model was trained with)")
-    parser.add_argument("--sample-rate", type=int, default=16000, help="the model's sample rate (default: 16000)")
+    parser.add_argument("--sample-rate", type=int, default=None,
+                        help="the model's sample rate (default: what the model records, else 16000)")
     parser.add_argument("--window", type=float, default=30.0, help="seconds of output per window (default: 30)")
     parser.add_argument("--context", type=float, default=5.0,
                         help="seconds of audio a window sees on each side (default: 5)")

@@ -19,10 +19,10 @@ from hydra import compose, initialize_config_dir
 
 from wav2vec2.data import write_manifest
 from wav2vec2.data.synthetic import synth_utterance
-from wav2vec2.infer import features
+from wav2vec2.infer import feature_files, features
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
 from wav2vec2.tasks import build_task
-from wav2vec2.tasks.ctc import load_pretrained_encoder
+from wav2vec2.interop.load import load_model
 from wav2vec2.train.cli import register_configs, to_train_config
 from wav2vec2.train.trainer import Trainer
 
@@ -72,11 +72,11 @@ def checkpoint(checkpoints: dict[str, Path]) -> Path:
 
 
 def _reference_model(path: Path) -> tuple[Wav2Vec2Model, bool]:
-    cfg, state, normalize = load_pretrained_encoder(str(path))
-    model = Wav2Vec2Model(cfg)
+    loaded = load_model(path)
+    model = Wav2Vec2Model(loaded.config)
     model.remove_pretraining_modules()
-    model.load_state_dict(state)
-    return model.eval(), normalize
+    model.load_state_dict(loaded.encoder_weights())
+    return model.eval(), loaded.normalize
 
 
 @torch.no_grad()
@@ -155,7 +155,7 @@ def test_stacked_format_and_index_reconstruct_the_utterances(checkpoint: Path, a
     for layer in ("2", "0", "cnn"):
         stacked = np.load(st / f"{layer}.npy")
         assert stacked.shape[0] == sum(counts)
-        parts = features.read_stacked(st, layer)
+        parts = feature_files.read_stacked(st, layer)
         for name in ("spk1/deep/c.wav", "a.wav"):
             npy = tmp_path / "npy" / layer / Path(name).with_suffix(".npy")
             np.testing.assert_array_equal(parts[name], np.load(npy))
@@ -228,13 +228,13 @@ def test_long_files_are_written_window_by_window(checkpoint: Path, tmp_path: Pat
             yield first, frames
 
     monkeypatch.setattr(features.FeatureExtractor, "iter_frames", spy)
-    utterances = features.find_utterances([tmp_path / "in"])
-    features.extract_to_dir(windowed, utterances, tmp_path / "npy", layers=["1", "cnn"])
-    features.extract_to_dir(windowed, utterances, tmp_path / "st", layers=["1", "cnn"], stacked=True)
+    utterances = feature_files.find_utterances([tmp_path / "in"])
+    feature_files.extract_to_dir(windowed, utterances, tmp_path / "npy", layers=["1", "cnn"])
+    feature_files.extract_to_dir(windowed, utterances, tmp_path / "st", layers=["1", "cnn"], stacked=True)
     assert sizes == [50, 50, 50, 14] * 2 and checked == [50, 100, 150]  # 164 frames in cores of 50
     for layer in ("1", "cnn"):
         np.testing.assert_array_equal(np.load(tmp_path / "npy" / layer / "long.npy"), expected[layer])
-        np.testing.assert_array_equal(features.read_stacked(tmp_path / "st", layer)["long.wav"], expected[layer])
+        np.testing.assert_array_equal(feature_files.read_stacked(tmp_path / "st", layer)["long.wav"], expected[layer])
 
 
 def test_unreadable_files_are_reported_and_the_rest_go_on(checkpoint: Path, audio_dir: Path, tmp_path: Path,
@@ -266,7 +266,7 @@ def test_unreadable_files_are_reported_and_the_rest_go_on(checkpoint: Path, audi
             assert left == ["1/a.npy", "1/spk1/b.npy", "1/spk1/deep/c.npy", "features.json"]
         else:
             assert left == ["1.npy", "features.json", "index.tsv"]
-            assert list(features.read_stacked(out, "1")) == ["a.wav", "spk1/b.flac", "spk1/deep/c.wav"]
+            assert list(feature_files.read_stacked(out, "1")) == ["a.wav", "spk1/b.flac", "spk1/deep/c.wav"]
 
 
 def test_a_crash_leaves_no_file_under_a_final_name(checkpoint: Path, tmp_path: Path,
@@ -278,7 +278,7 @@ def test_a_crash_leaves_no_file_under_a_final_name(checkpoint: Path, tmp_path: P
     _write(tmp_path / "in" / "b.wav", 3.3, seed=1)
     _write(tmp_path / "in" / "c.wav", 0.7, seed=2)
     extractor = features.load_extractor(checkpoint, window_seconds=1.0, context_seconds=0.5)
-    utterances = features.find_utterances([tmp_path / "in"])
+    utterances = feature_files.find_utterances([tmp_path / "in"])
     reference = {u.name: extractor.extract(u.path, ["2"])["2"] for u in utterances}
     original = features.FeatureExtractor.iter_frames
 
@@ -294,7 +294,7 @@ def test_a_crash_leaves_no_file_under_a_final_name(checkpoint: Path, tmp_path: P
     for stacked in (False, True):
         out = tmp_path / f"interrupted{stacked}"
         with pytest.raises(KeyboardInterrupt):
-            features.extract_to_dir(extractor, utterances, out, layers=["2"], stacked=stacked)
+            feature_files.extract_to_dir(extractor, utterances, out, layers=["2"], stacked=stacked)
         left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
         assert left == ([] if stacked else ["2", "2/a.npy"])  # stacked arrays only appear at the end
         if not stacked:
@@ -302,9 +302,9 @@ def test_a_crash_leaves_no_file_under_a_final_name(checkpoint: Path, tmp_path: P
 
     monkeypatch.setattr(features.FeatureExtractor, "iter_frames", crash_in_b(RuntimeError("disk on fire")))
     out = tmp_path / "failed"
-    result = features.extract_to_dir(extractor, utterances, out, layers=["2"], stacked=True)
+    result = feature_files.extract_to_dir(extractor, utterances, out, layers=["2"], stacked=True)
     assert result.failures == [(str(tmp_path / "in" / "b.wav"), "disk on fire")]
-    parts = features.read_stacked(out, "2")
+    parts = feature_files.read_stacked(out, "2")
     assert list(parts) == ["a.wav", "c.wav"]
     for name, array in parts.items():
         np.testing.assert_array_equal(array, reference[name])
@@ -326,17 +326,34 @@ def test_layer_choice_and_model_errors(checkpoint: Path, tmp_path: Path, monkeyp
     assert "none.pt" in capsys.readouterr().err
 
     with pytest.raises(ValueError, match="would both be written as a.npy"):
-        features.find_utterances([wav, _write(tmp_path / "other" / "a.flac", 0.5, seed=1)])
+        feature_files.find_utterances([wav, _write(tmp_path / "other" / "a.flac", 0.5, seed=1)])
 
     # A model that does not record its normalisation (a transformers directory without a
     # preprocessor_config.json) must be told; a given value wins over the recorded one.
-    import wav2vec2.tasks.ctc as ctc
+    import dataclasses
 
-    real = ctc.load_pretrained_encoder
-    monkeypatch.setattr(ctc, "load_pretrained_encoder", lambda p: real(p)[:2] + (None,))
+    real = features.load_model
+    monkeypatch.setattr(features, "load_model", lambda p: dataclasses.replace(real(p), normalize=None))
     with pytest.raises(ValueError, match="--normalize/--no-normalize"):
         features.load_extractor(checkpoint)
     assert features.load_extractor(checkpoint, normalize=False).normalize is False
-    monkeypatch.setattr(ctc, "load_pretrained_encoder", real)
+    monkeypatch.setattr(features, "load_model", real)
     assert features.load_extractor(checkpoint).normalize is True
     assert features.load_extractor(checkpoint, normalize=False).normalize is False
+
+
+@pytest.mark.parametrize("fmt", ["npy", "stacked"])
+def test_a_run_where_every_file_fails_leaves_nothing(checkpoint: Path, tmp_path: Path, fmt: str,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    out = tmp_path / "feats"
+    assert cli.main(["--model", str(checkpoint), "--out", str(out), "--format", fmt, str(empty),
+                     str(tmp_path / "missing.wav")]) == 1
+    err = capsys.readouterr().err
+    assert f"{empty} is empty (0 bytes)" in err and f"no such file: {tmp_path / 'missing.wav'}" in err
+    assert not out.exists()
+    # An output directory that was there before stays, without a features.json.
+    out.mkdir()
+    assert cli.main(["--model", str(checkpoint), "--out", str(out), "--format", fmt, str(empty)]) == 1
+    assert out.is_dir() and not (out / "features.json").exists()

@@ -1,4 +1,4 @@
-"""scripts/convert.py and wav2vec2.interop.convert: every route between this project,
+"""scripts/convert.py and `convert` (wav2vec2/interop/load.py): every route between this project,
 fairseq and transformers gives back a model that computes what the source computes, and
 what cannot be converted says why."""
 
@@ -16,8 +16,8 @@ import torch
 pytest.importorskip("transformers")
 
 from wav2vec2.data import Dictionary  # noqa: E402
-from wav2vec2.infer.recognizer import Recognizer  # noqa: E402
-from wav2vec2.interop.convert import PretrainingModel, convert, read_model  # noqa: E402
+from wav2vec2.interop.load import convert, load_model  # noqa: E402
+from wav2vec2.interop.loaded import LoadedModel  # noqa: E402
 from wav2vec2.model.ctc import Wav2Vec2Ctc  # noqa: E402
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model  # noqa: E402
 
@@ -53,20 +53,20 @@ def ours(compose_preset, tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
-def _outputs(model: Recognizer | PretrainingModel) -> torch.Tensor:
+def _outputs(model: LoadedModel) -> torch.Tensor:
     """CTC logits, or a pretraining model's encoder output, on 1.5 s of noise."""
     wav = torch.randn(2, 24000, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        if isinstance(model, Recognizer):
-            return model(wav).logits
-        return model.model.eval().encode(wav).x
+        if model.kind == "ctc":
+            return model.build()(wav).logits
+        return model.build().encode(wav).x
 
 
 @pytest.mark.parametrize("task", ["ctc", "pretrain"])
 def test_every_route_computes_what_the_source_computes(ours, task, tmp_path: Path) -> None:
     """ours -> fairseq -> transformers -> fairseq, and ours -> transformers -> fairseq: the
     outputs at every stop equal the source's, and normalize travels along."""
-    source = read_model(ours[task])
+    source = load_model(ours[task])
     expected = _outputs(source)
     fs = convert(ours[task], tmp_path / "fs" / "model.pt", to="fairseq")
     dictionary = tmp_path / "fs" / "dict.ltr.txt" if task == "ctc" else None
@@ -74,15 +74,15 @@ def test_every_route_computes_what_the_source_computes(ours, task, tmp_path: Pat
     fs2 = convert(hf, tmp_path / "fs2" / "model.pt", to="fairseq")
     hf2 = convert(ours[task], tmp_path / "hf2", to="hf")
     for path in (fs, hf, fs2, hf2):
-        model = read_model(path, dictionary=path.parent / "dict.ltr.txt" if path.suffix == ".pt" else None)
-        assert type(model) is type(source), path
+        model = load_model(path, dictionary=path.parent / "dict.ltr.txt" if path.suffix == ".pt" else None)
+        assert model.kind == source.kind, path
         assert model.normalize is True, path
         torch.testing.assert_close(_outputs(model), expected, rtol=0, atol=1e-6, msg=str(path))
         if task == "ctc":
             assert model.dictionary == DICTIONARY, path
         else:
-            for key, value in source.model.state_dict().items():  # quantizer and heads too
-                assert torch.equal(model.model.state_dict()[key], value), (path, key)
+            for key, value in source.weights.items():  # quantizer and heads too
+                assert torch.equal(model.weights[key], value), (path, key)
 
 
 def test_what_cannot_be_converted_says_why(ours, tmp_path: Path) -> None:
@@ -98,8 +98,10 @@ def test_what_cannot_be_converted_says_why(ours, tmp_path: Path) -> None:
     state["model"] = {k: v for k, v in state["model"].items() if not k.startswith(("quantizer.", "project_q.",
                                                                                     "final_proj."))}
     torch.save(state, tmp_path / "encoder_only.pt")
-    with pytest.raises(ValueError, match="no quantizer"):
+    with pytest.raises(ValueError, match="no quantizer, project_q and final_proj .only the encoder"):
         convert(tmp_path / "encoder_only.pt", tmp_path / "z.pt", to="fairseq")
+    with pytest.raises(ValueError, match="no quantizer, project_q and final_proj .only the encoder"):
+        convert(tmp_path / "encoder_only.pt", tmp_path / "hf", to="hf")
     assert not (tmp_path / "hf").exists() and not (tmp_path / "z.pt").exists()
 
 

@@ -1,4 +1,4 @@
-"""ONNX export of a Recognizer (`wav2vec2/interop/export.py`), its int8 copy, the torch-free
+"""ONNX export of a CTC model (`wav2vec2/interop/onnx.py`), its int8 copy, the torch-free
 runner (`scripts/onnx_transcribe.py`) and the CLI (`scripts/export.py`).
 
 A tiny random CTC model stands in for a trained one: its head gets a bias so that greedy
@@ -27,7 +27,7 @@ from wav2vec2.data.labels import Dictionary  # noqa: E402
 from wav2vec2.infer.audio import AudioFile  # noqa: E402
 from wav2vec2.infer.decode import greedy_ctc  # noqa: E402
 from wav2vec2.infer.recognizer import Recognizer  # noqa: E402
-from wav2vec2.interop.export import export_onnx, quantize_onnx, sidecar_path  # noqa: E402
+from wav2vec2.interop.onnx import export_onnx, quantize_onnx, sidecar_path  # noqa: E402
 from wav2vec2.model.ctc import Wav2Vec2Ctc  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ def our_transcript(rec: Recognizer, path: Path) -> str:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> tuple[Recognizer, Path]:
     rec = tiny_recognizer()
-    path = export_onnx(rec, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+    path = export_onnx(rec.as_loaded(), tmp_path_factory.mktemp("onnx") / "tiny.onnx")
     return rec, path
 
 
@@ -161,7 +161,7 @@ def test_shortest_input_the_sidecar_allows_runs(exported, session) -> None:
 
 def test_pre_ln_layer_norm_variant_exports(tmp_path: Path) -> None:
     rec = tiny_recognizer(pre_ln=True, seed=1)
-    session = ort.InferenceSession(str(export_onnx(rec, tmp_path / "large.onnx")),
+    session = ort.InferenceSession(str(export_onnx(rec.as_loaded(), tmp_path / "large.onnx")),
                                    providers=["CPUExecutionProvider"])
     for num_samples in (9001, 17000):
         x = np.stack([speechlike(num_samples, seed=5), speechlike(num_samples, seed=6)])
@@ -295,7 +295,7 @@ def test_cli_exports_a_checkpoint_with_int8(tmp_path: Path, make_ctc_cfg, audio_
 @pytest.mark.slow
 def test_static_export_has_fixed_shapes(tmp_path: Path) -> None:
     rec = tiny_recognizer()
-    path = export_onnx(rec, tmp_path / "static.onnx", dynamic=False, example_samples=16000)
+    path = export_onnx(rec.as_loaded(), tmp_path / "static.onnx", dynamic=False, example_samples=16000)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 16000]
     x = speechlike(16000, seed=11)[None]
@@ -307,10 +307,10 @@ def test_executorch_pte_equals_eager(tmp_path: Path) -> None:
     pytest.importorskip("executorch")
     from executorch.runtime import Runtime
 
-    from wav2vec2.interop.export import export_pte
+    from wav2vec2.interop.pte import export_pte
 
     rec = tiny_recognizer(pre_ln=True, seed=2)
-    path = export_pte(rec, tmp_path / "tiny.pte", max_seconds=10)
+    path = export_pte(rec.as_loaded(), tmp_path / "tiny.pte", max_seconds=10)
     method = Runtime.get().load_program(str(path)).load_method("forward")
     for num_samples in (720, 12345, 16000):
         x = speechlike(num_samples, seed=num_samples)[None]

@@ -36,27 +36,42 @@ from omegaconf import OmegaConf
 
 transformers = pytest.importorskip("transformers")
 
-from wav2vec2.files import load_checkpoint
 from wav2vec2.config import ModelConfig, tiny  # noqa: E402
 from wav2vec2.data.labels import Dictionary  # noqa: E402
-from wav2vec2.infer.recognizer import load_recognizer  # noqa: E402
+from wav2vec2.files import UnsafeCheckpointError, load_checkpoint  # noqa: E402
+from wav2vec2.infer.recognizer import Recognizer, load_recognizer  # noqa: E402
 from wav2vec2.interop.fairseq import (  # noqa: E402
     FAIRSEQ_SAFE_TYPES,
     config_from_fairseq,
     config_to_fairseq,
     export_fairseq,
     is_fairseq_checkpoint,
-    load_fairseq_ctc,
-    load_fairseq_pretraining,
     parse_conv_layers,
+    read_fairseq,
 )
 from wav2vec2.interop.hf import negatives_to_hf  # noqa: E402
 from wav2vec2.model.ctc import Wav2Vec2Ctc  # noqa: E402
 from wav2vec2.model.losses import contrastive_loss  # noqa: E402
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model  # noqa: E402
-from wav2vec2.files import UnsafeCheckpointError  # noqa: E402
 
 pytestmark = pytest.mark.reference
+
+
+def read_with_heads(path):
+    """(config, Wav2Vec2Model weights with the pretraining heads, normalize) of a fairseq file."""
+    loaded = read_fairseq(path)
+    assert loaded.kind == "pretraining", loaded.kind
+    return loaded.config, loaded.weights, loaded.normalize
+
+
+def read_encoder(path):
+    """(config, encoder weights, normalize): what fine-tuning and features take of a fairseq file."""
+    loaded = read_fairseq(path)
+    return loaded.config, loaded.encoder_weights(), loaded.normalize
+
+
+def fairseq_recognizer(path, *, dictionary):
+    return Recognizer.from_loaded(read_fairseq(path, dictionary=dictionary))
 
 RTOL = ATOL = 1e-5
 LETTERS = list("|ETAOINSHRDLU'")  # 4 specials + 14 = 18 outputs
@@ -299,7 +314,7 @@ def test_pretraining_import_matches_transformers(tmp_path, variant):
     a, fmt, new_wn = VARIANTS[variant]
     state = pretraining_state(a, fmt, normalize=fmt == "cfg", new_weight_norm=new_wn)
     path = _save(tmp_path, state)
-    cfg, weights, normalize = load_fairseq_pretraining(path)
+    cfg, weights, normalize = read_with_heads(path)
     assert normalize is (fmt == "cfg")
     ours = Wav2Vec2Model(cfg)
     ours.load_state_dict(weights, strict=True)
@@ -332,7 +347,7 @@ def test_ctc_import_matches_transformers(tmp_path, variant):
     a, fmt, new_wn = VARIANTS[variant]
     state = ctc_state(a, fmt, normalize=fmt != "args", new_weight_norm=new_wn)
     path = _save(tmp_path, state)
-    recognizer = load_fairseq_ctc(path, dictionary=write_dictionary(tmp_path / "dict.ltr.txt"))
+    recognizer = fairseq_recognizer(path, dictionary=write_dictionary(tmp_path / "dict.ltr.txt"))
     assert recognizer.normalize is (fmt != "args")
     assert recognizer.dictionary.symbols[4:] == LETTERS
     hf = hf_model(transformers.Wav2Vec2ForCTC, a, state["model"], vocab_size=len(LETTERS) + 4)
@@ -444,7 +459,7 @@ def test_parse_conv_layers():
 
 def test_fine_tuned_config_is_rebuilt_as_fairseq_does(tmp_path):
     state = ctc_state(TINY_ARCH, "cfg", normalize=False)
-    cfg, weights, normalize = load_fairseq_pretraining(_save(tmp_path, state))  # a CTC file: its encoder
+    cfg, weights, normalize = read_encoder(_save(tmp_path, state))  # a CTC file: its encoder
     assert normalize is False and not any(k.startswith(("quantizer.", "proj.")) for k in weights)
     m, t = cfg.masking, cfg.transformer
     assert (t.dropout, t.attention_dropout, t.activation_dropout, cfg.dropout_input) == (0.0, 0.0, 0.1, 0.0)
@@ -454,33 +469,33 @@ def test_fine_tuned_config_is_rebuilt_as_fairseq_does(tmp_path):
     # fairseq builds the encoder from w2v_args, not from the fine-tuning fields beside it.
     edited = ctc_state(TINY_ARCH, "cfg", normalize=False)
     edited["cfg"]["model"]["dropout"] = 0.3
-    cfg, _, _ = load_fairseq_pretraining(_save(tmp_path, edited, "edited.pt"))
+    cfg, _, _ = read_encoder(_save(tmp_path, edited, "edited.pt"))
     assert cfg.transformer.dropout == 0.0
     # apply_mask False: fairseq never masks.
     no_mask = ctc_state(TINY_ARCH, "args", normalize=False, apply_mask=False)
-    cfg, _, _ = load_fairseq_pretraining(_save(tmp_path, no_mask, "no_mask.pt"))
+    cfg, _, _ = read_encoder(_save(tmp_path, no_mask, "no_mask.pt"))
     assert (cfg.masking.mask_prob, cfg.masking.channel_prob) == (0.0, 0.0)
 
 
 def test_blank_weight_is_folded_into_the_blank_bias(tmp_path):
     dictionary = write_dictionary(tmp_path / "dict.ltr.txt")
-    plain = load_fairseq_ctc(_save(tmp_path, ctc_state(TINY_ARCH, "cfg", normalize=False), "a.pt"),
+    plain = fairseq_recognizer(_save(tmp_path, ctc_state(TINY_ARCH, "cfg", normalize=False), "a.pt"),
                              dictionary=dictionary)
-    added = load_fairseq_ctc(_save(tmp_path, ctc_state(TINY_ARCH, "cfg", normalize=False, blank_weight=0.7),
+    added = fairseq_recognizer(_save(tmp_path, ctc_state(TINY_ARCH, "cfg", normalize=False, blank_weight=0.7),
                                    "b.pt"), dictionary=dictionary)
     source = torch.randn(1, 8000, generator=torch.Generator().manual_seed(0))
     diff = added(source).logits - plain(source).logits
     torch.testing.assert_close(diff[..., 0], torch.full_like(diff[..., 0], 0.7))
     assert not diff[..., 1:].any()
     with pytest.raises(ValueError, match="blank_mode"):
-        load_fairseq_ctc(_save(tmp_path, ctc_state(TINY_ARCH, "cfg", normalize=False, blank_weight=1.0,
+        fairseq_recognizer(_save(tmp_path, ctc_state(TINY_ARCH, "cfg", normalize=False, blank_weight=1.0,
                                                    blank_mode="set"), "c.pt"), dictionary=dictionary)
 
 
 def test_heads_are_optional(tmp_path):
     path = _save(tmp_path, pretraining_state(TINY_ARCH, "cfg", normalize=False))
-    _, with_heads, _ = load_fairseq_pretraining(path)
-    cfg, without, _ = load_fairseq_pretraining(path, heads=False)
+    _, with_heads, _ = read_with_heads(path)
+    cfg, without, _ = read_encoder(path)
     assert any(k.startswith("quantizer.") for k in with_heads)
     assert set(without) == {k for k in with_heads if not k.startswith(("quantizer.", "project_q.", "final_proj."))}
     model = Wav2Vec2Model(cfg)
@@ -538,7 +553,7 @@ def test_pretraining_round_trip_is_exact(tmp_path, make_cfg):
     assert _shapes(raw["model"]) == _shapes(fairseq_weights(_fairseq_arch(cfg)))
     assert raw["cfg"]["model"]["_name"] == "wav2vec2" and raw["cfg"]["task"]["_name"] == "audio_pretraining"
 
-    loaded_cfg, weights, normalize = load_fairseq_pretraining(path)
+    loaded_cfg, weights, normalize = read_with_heads(path)
     assert loaded_cfg == cfg and normalize is True
     ours = model.state_dict()
     assert weights.keys() == ours.keys()
@@ -592,32 +607,36 @@ def test_export_refuses_what_fairseq_cannot_load(tmp_path):
 # ------------------------------------------------------------------------------ errors
 @pytest.mark.parametrize("field, value", [
     ("activation_fn", "relu"), ("layer_type", "conformer"), ("quantize_input", True),
-    ("pos_conv_depth", 5), ("conv_pos_batch_norm", True), ("quantize_targets", False),
-    ("target_glu", True), ("negatives_from_everywhere", True), ("cross_sample_negatives", 10),
-    ("codebook_negatives", 10),
+    ("pos_conv_depth", 5), ("conv_pos_batch_norm", True),
 ])
 def test_unsupported_fields_are_named(tmp_path, field, value):
     state = pretraining_state(TINY_ARCH, "cfg", normalize=False)
     state["cfg"]["model"][field] = value
     with pytest.raises(ValueError, match=rf"{field}={value!r}"):
-        load_fairseq_pretraining(_save(tmp_path, state))
+        read_fairseq(_save(tmp_path, state))
+    with pytest.raises(ValueError, match=rf"{field}={value!r}"):  # also when only the heads are asked for
+        config_from_fairseq(state["cfg"]["model"], heads=True)
 
 
 @pytest.mark.parametrize("field, value", [
     ("quantize_targets", False), ("target_glu", True), ("negatives_from_everywhere", True),
     ("cross_sample_negatives", 10), ("codebook_negatives", 10),
 ])
-def test_head_only_fields_do_not_block_the_encoder(tmp_path, field, value):
+def test_head_only_fields_do_not_block_the_encoder(tmp_path, field, value, caplog):
     state = pretraining_state(TINY_ARCH, "cfg", normalize=False)
     state["cfg"]["model"][field] = value
-    load_fairseq_pretraining(_save(tmp_path, state, "a.pt"), heads=False)
+    with pytest.raises(ValueError, match=rf"{field}={value!r}"):  # the heads cannot be built here...
+        config_from_fairseq(state["cfg"]["model"], heads=True)
+    with caplog.at_level("WARNING", logger="wav2vec2.interop.fairseq.checkpoint"):
+        loaded = read_fairseq(_save(tmp_path, state, "a.pt"))  # ...so the loader keeps the encoder and says so
+    assert loaded.kind == "encoder" and f"{field}={value!r}" in caplog.text
     fine_tuned = ctc_state(TINY_ARCH, "cfg", normalize=False)
     fine_tuned["cfg"]["model"]["w2v_args"]["model"][field] = value
-    load_fairseq_ctc(_save(tmp_path, fine_tuned, "b.pt"), dictionary=write_dictionary(tmp_path / "d.txt"))
+    fairseq_recognizer(_save(tmp_path, fine_tuned, "b.pt"), dictionary=write_dictionary(tmp_path / "d.txt"))
     unsupported = ctc_state(TINY_ARCH, "cfg", normalize=False)
     unsupported["cfg"]["model"]["w2v_args"]["model"]["layer_type"] = "conformer"
     with pytest.raises(ValueError, match="layer_type='conformer'"):
-        load_fairseq_ctc(_save(tmp_path, unsupported, "c.pt"), dictionary=tmp_path / "d.txt")
+        fairseq_recognizer(_save(tmp_path, unsupported, "c.pt"), dictionary=tmp_path / "d.txt")
 
 
 def test_field_types_are_checked(tmp_path):
@@ -631,18 +650,18 @@ def test_weights_that_do_not_fit_the_config(tmp_path):
     state = pretraining_state(TINY_ARCH, "cfg", normalize=False)
     state["cfg"]["model"]["encoder_layers"] = 3
     with pytest.raises(ValueError, match="missing.*encoder.layers.2"):
-        load_fairseq_pretraining(_save(tmp_path, state, "a.pt"))
+        read_fairseq(_save(tmp_path, state, "a.pt"))
     state = pretraining_state(TINY_ARCH, "cfg", normalize=False)
     state["cfg"]["model"]["latent_vars"] = 9  # codebook rows are G * 8
     with pytest.raises(ValueError, match="quantizer.codebook"):
-        load_fairseq_pretraining(_save(tmp_path, state, "b.pt"))
+        read_fairseq(_save(tmp_path, state, "b.pt"))
 
 
 def test_head_and_dictionary_size_must_agree(tmp_path):
     path = _save(tmp_path, ctc_state(TINY_ARCH, "cfg", normalize=False))
     short = write_dictionary(tmp_path / "short.txt", LETTERS[:-1])
     with pytest.raises(ValueError, match=r"18 outputs but .*short.txt gives 17 symbols"):
-        load_fairseq_ctc(path, dictionary=short)
+        fairseq_recognizer(path, dictionary=short)
     with pytest.raises(ValueError, match="18 outputs"):
         load_recognizer(path, dictionary=short)
 
@@ -680,7 +699,12 @@ def test_stored_dictionary_is_read_and_checked(tmp_path, fake_fairseq_dictionary
     path = save(state, tmp_path / "a.pt")
     assert "fairseq" not in sys.modules
     assert "fairseq.data.dictionary.Dictionary" in torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    load_recognizer(path, dictionary=dictionary)
+    given = load_recognizer(path, dictionary=dictionary)
+    # The stored copy is enough: no dict.ltr.txt needed.
+    stored = load_recognizer(path)
+    assert stored.dictionary.symbols == given.dictionary.symbols and stored.dictionary.symbols[4:] == LETTERS
+    with pytest.raises(ValueError, match="separate dict.ltr.txt; pass it"):  # without a stored copy, it is needed
+        load_recognizer(_save(tmp_path, ctc_state(TINY_ARCH, "cfg", normalize=False), "plain.pt"))
     state["task_state"] = {"target_dictionary": FairseqDictionary(list(reversed(LETTERS)))}
     with pytest.raises(ValueError, match="differs from the dictionary stored"):
         load_recognizer(save(state, tmp_path / "b.pt"), dictionary=dictionary)
@@ -703,7 +727,7 @@ def test_a_file_that_would_run_code_is_refused(tmp_path, payload):
     state["extra_state"] = {"metrics": _RunsCode(call)}
     path = _save(tmp_path, state)
     with pytest.raises(UnsafeCheckpointError, match=payload.split(".")[1]):
-        load_fairseq_pretraining(path)
+        read_fairseq(path)
     with pytest.raises(UnsafeCheckpointError):
         load_recognizer(path, dictionary=write_dictionary(tmp_path / "dict.ltr.txt"))
     with pytest.raises(UnsafeCheckpointError):
@@ -728,17 +752,17 @@ def test_what_is_not_a_fairseq_checkpoint(tmp_path):
     assert not is_fairseq_checkpoint({"model": weights, "cfg": {"task": {}}})
     assert not is_fairseq_checkpoint({"model": weights, "args": argparse.Namespace(lr=1)})
     with pytest.raises(ValueError, match="not a fairseq checkpoint"):
-        load_fairseq_pretraining(_save(tmp_path, ours, "ours.pt"))
+        read_fairseq(_save(tmp_path, ours, "ours.pt"))
 
     hubert = pretraining_state(TINY_ARCH, "cfg", normalize=False)
     hubert["cfg"]["model"]["_name"] = "hubert"
     with pytest.raises(ValueError, match="'hubert'"):
-        load_fairseq_pretraining(_save(tmp_path, hubert, "hubert.pt"))
+        read_fairseq(_save(tmp_path, hubert, "hubert.pt"))
     pretrained = _save(tmp_path, pretraining_state(TINY_ARCH, "cfg", normalize=False), "pretrained.pt")
-    with pytest.raises(ValueError, match="no CTC head"):
-        load_fairseq_ctc(pretrained, dictionary=write_dictionary(tmp_path / "dict.ltr.txt"))
+    with pytest.raises(ValueError, match="no CTC output layer"):
+        fairseq_recognizer(pretrained, dictionary=write_dictionary(tmp_path / "dict.ltr.txt"))
     no_w2v_args = ctc_state(TINY_ARCH, "cfg", normalize=False)
     no_w2v_args["cfg"]["model"]["w2v_args"] = None
     with pytest.raises(ValueError, match="w2v_args"):
-        load_fairseq_ctc(_save(tmp_path, no_w2v_args, "x.pt"), dictionary=tmp_path / "dict.ltr.txt")
+        fairseq_recognizer(_save(tmp_path, no_w2v_args, "x.pt"), dictionary=tmp_path / "dict.ltr.txt")
 

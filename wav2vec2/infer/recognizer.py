@@ -1,22 +1,26 @@
-"""A speech recogniser from any CTC model this project can read: its own fine-tuning
-checkpoints, a transformers `Wav2Vec2ForCTC` directory, a fairseq `Wav2VecCtc` checkpoint.
+"""A speech recogniser from any CTC model the loader reads (`wav2vec2.interop.load`): this
+project's fine-tuning checkpoints, a transformers `Wav2Vec2ForCTC` directory, a fairseq
+`Wav2VecCtc` checkpoint (with its dict.ltr.txt).
 
-Everything downstream (transcription, scoring, export) takes a `Recognizer`: the model in
+Everything downstream (transcription, scoring, alignment) takes a `Recognizer`: the model in
 eval mode, its vocabulary, and how it wants its audio (sample rate, normalisation).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from wav2vec2.files import load_checkpoint
-from wav2vec2.config import ModelConfig
-from wav2vec2.data.labels import BLANK, Dictionary
+from wav2vec2.data.labels import Dictionary
+from wav2vec2.interop.load import load_model
+from wav2vec2.interop.loaded import LoadedModel
 from wav2vec2.model.ctc import CtcOutput, Wav2Vec2Ctc
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,57 +46,31 @@ class Recognizer:
         """Shape: source (B, L) at `sample_rate`, already normalised if `normalize` -> logits (B, T, V)."""
         return self.model(source.to(self.device), None if padding_mask is None else padding_mask.to(self.device))
 
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel, *, device: str | torch.device = "cpu") -> Recognizer:
+        """A recogniser from a loaded CTC model (an error naming what is missing otherwise)."""
+        dictionary = loaded.require_dictionary()
+        num_outputs = loaded.weights["proj.weight"].shape[0]
+        if num_outputs != len(dictionary):
+            raise ValueError(f"{loaded.path}: the model has {num_outputs} outputs but the dictionary "
+                             f"{len(dictionary)} symbols: not the dictionary it was trained with")
+        normalize = loaded.normalize
+        if normalize is None:  # the default of what read the audio where the model was trained
+            normalize = loaded.format == "transformers"
+            where = ("no preprocessor_config.json: assuming Wav2Vec2FeatureExtractor's default" if normalize
+                     else "no task config: assuming fairseq's default")
+            log.warning("%s has %s, normalize=%s", loaded.path, where, normalize)
+        manifest_dir = (loaded.training or {}).get("data", {}).get("manifest_dir")
+        return cls(loaded.build().to(device), dictionary, normalize, loaded.sample_rate, loaded.path, manifest_dir)
 
-def build_recognizer(cfg: ModelConfig, state_dict: dict[str, Tensor], dictionary: Dictionary, *, normalize: bool,
-                     sample_rate: int = 16000, source: str = "", device: str | torch.device = "cpu") -> Recognizer:
-    """A Recognizer from our config and `Wav2Vec2Ctc` state dict (the importers' common end)."""
-    num_outputs = state_dict["proj.weight"].shape[0]
-    if num_outputs != len(dictionary):
-        raise ValueError(f"{source}: the model has {num_outputs} outputs but the dictionary {len(dictionary)} "
-                         "symbols: not the dictionary it was trained with")
-    model = Wav2Vec2Ctc(cfg, vocab_size=num_outputs, blank=BLANK)
-    model.load_state_dict(state_dict, strict=True)
-    return Recognizer(model.to(device).eval(), dictionary, normalize, sample_rate, source)
+    def as_loaded(self) -> LoadedModel:
+        """This recogniser as plain data, for the writers (`export_hf`, `export_fairseq`, ONNX)."""
+        return LoadedModel.from_module(self.model, normalize=self.normalize, dictionary=self.dictionary,
+                                       sample_rate=self.sample_rate, origin="recogniser", path=self.source)
 
 
 def load_recognizer(path: str | Path, *, dictionary: str | Path | None = None,
                     device: str | torch.device = "cpu") -> Recognizer:
-    """The CTC model at `path`:
-
-    - a fine-tuning checkpoint of this project (`checkpoint_best.pt`): its vocabulary and
-      data settings travel with it;
-    - a local transformers `Wav2Vec2ForCTC` directory (with the tokenizer's `vocab.json`);
-    - a fairseq `Wav2VecCtc` checkpoint, with `dictionary` its `dict.ltr.txt`.
-
-    Nothing is downloaded, and no file can run code when loaded.
-    """
-    path = Path(path)
-    if path.is_dir():
-        from wav2vec2.interop.hf import load_hf_ctc
-
-        return load_hf_ctc(path, device=device)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model at {path}: give a checkpoint file or a transformers directory")
-    from wav2vec2.interop.fairseq import FAIRSEQ_SAFE_TYPES, is_fairseq_checkpoint, load_fairseq_ctc
-
-    state = load_checkpoint(path, allow=FAIRSEQ_SAFE_TYPES)  # ours, or fairseq's (argparse / omegaconf configs)
-    if is_fairseq_checkpoint(state):
-        if dictionary is None:
-            raise ValueError(f"{path} is a fairseq checkpoint: its letters are in a separate dict.ltr.txt; "
-                             "pass it (--dictionary)")
-        return load_fairseq_ctc(path, dictionary=dictionary, state=state, device=device)
-    return _from_our_checkpoint(path, state, device=device)
-
-
-def _from_our_checkpoint(path: Path, state: dict, *, device: str | torch.device) -> Recognizer:
-    if state.get("task") != "ctc":
-        raise ValueError(f"{path} is a {state.get('task', 'pretrain')!r} checkpoint of this project, not a CTC "
-                         "one: fine-tune it first (configs/ctc_*.yaml, task.init=...)")
-    from wav2vec2.tasks import config_from_dict
-
-    cfg = config_from_dict(state["config"])
-    dictionary = Dictionary.from_symbols(state["task_state"]["dictionary"])
-    recognizer = build_recognizer(cfg.model, state["model"], dictionary, normalize=cfg.data.normalize,
-                                  sample_rate=cfg.data.sample_rate, source=str(path), device=device)
-    recognizer.manifest_dir = cfg.data.manifest_dir
-    return recognizer
+    """The CTC model at `path` (anything `load_model` reads; `dictionary` is a fairseq
+    checkpoint's dict.ltr.txt). Nothing is downloaded, and no file can run code when loaded."""
+    return Recognizer.from_loaded(load_model(path, dictionary=dictionary), device=device)

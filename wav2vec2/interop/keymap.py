@@ -1,5 +1,6 @@
-"""Renaming state-dict keys through a table of prefixes, shared by the fairseq and
-transformers mappings.
+"""The table machinery the fairseq and transformers mappings share: state-dict keys renamed
+through a table of prefixes, and config fields read and written by dotted name. Each format
+writes its tables once and uses them in both directions.
 
 A table row is (source prefix, target prefix), where `#` stands for a layer number that is
 carried over: ("encoder.layers.#.attn.", "encoder.layer.#.attention.") renames
@@ -9,6 +10,7 @@ carried over: ("encoder.layers.#.attn.", "encoder.layer.#.attention.") renames
 from __future__ import annotations
 
 import re
+from typing import Any
 
 Table = list[tuple[re.Pattern[str], str]]
 
@@ -28,3 +30,18 @@ def rename(key: str, table: Table, *, where: str) -> str:
                 target = target.replace("#", index, 1)
             return target + key[m.end():]
     raise ValueError(f"no mapping for parameter {key!r} (see {where})")
+
+
+def get_field(cfg: Any, dotted: str) -> Any:
+    """`cfg.a.b` for dotted "a.b" (config field tables of the format mappings)."""
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def set_field(cfg: Any, dotted: str, value: Any) -> None:
+    """`cfg.a.b = value` for dotted "a.b"."""
+    *path, leaf = dotted.split(".")
+    for part in path:
+        cfg = getattr(cfg, part)
+    setattr(cfg, leaf, value)

@@ -23,22 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
-from wav2vec2.files import load_checkpoint
-from wav2vec2.config import ModelConfig, with_architecture
+from wav2vec2.config import TrainConfig, with_architecture
 from wav2vec2.data import Dictionary, LabelledAudioDataset
 from wav2vec2.data.labels import BLANK, SPECIALS
 from wav2vec2.infer.decode import error_counts, greedy_ctc, wer_cer
+from wav2vec2.interop.load import load_model
 from wav2vec2.model.ctc import Wav2Vec2Ctc, ctc_loss_sum
 from wav2vec2.model.losses import LN2
 from wav2vec2.tasks.base import LossOutput, Task
-from wav2vec2.config import TrainConfig
 
 log = logging.getLogger(__name__)
-
-PRETRAINING_ONLY = ("quantizer.", "project_q.", "final_proj.")
 
 
 @dataclass
@@ -111,14 +107,17 @@ class CtcTask(Task):
                                         f"or dict.{t.labels}.txt in data.manifest_dir)")
             self._dictionary = Dictionary.load(self.dictionary_path)
         if t.init:
-            pretrained, weights, normalize = load_pretrained_encoder(t.init)
-            if normalize is not None and normalize != d.normalize:
+            try:
+                pretrained = load_model(t.init)
+            except (FileNotFoundError, ValueError) as err:
+                raise type(err)(f"task.init: {err}") from None
+            if pretrained.normalize is not None and pretrained.normalize != d.normalize:
                 raise ValueError(
-                    f"data.normalize={d.normalize} but {t.init} was pretrained with normalize={normalize}: "
+                    f"data.normalize={d.normalize} but {t.init} was pretrained with normalize={pretrained.normalize}: "
                     "fine-tune with the normalisation the model was pretrained with (fairseq asserts the same)")
             # The shapes come from the pretrained model, everything else from this config.
-            self.cfg.model = with_architecture(self.cfg.model, pretrained)
-            self._init_weights = weights
+            self.cfg.model = with_architecture(self.cfg.model, pretrained.config)
+            self._init_weights = pretrained.encoder_weights()
         self._prepared = True
 
     @property
@@ -256,33 +255,3 @@ class CtcTask(Task):
                 "updates (optim.max_update); a different data.normalize than pretraining also does it"
             ]
         return []
-
-
-def load_pretrained_encoder(path: str) -> tuple[ModelConfig, dict[str, torch.Tensor], bool | None]:
-    """(architecture, encoder state dict for `Wav2Vec2Model` without pretraining modules,
-    the `normalize` it was pretrained with or None if unknown) of a pretrained model: a
-    checkpoint file of this project or of fairseq (pretraining or fine-tuned), or a local
-    transformers directory. Nothing is downloaded; no file can run code while it loads."""
-    p = Path(path)
-    if p.is_dir():
-        from wav2vec2.interop.hf import load_hf_encoder
-
-        return load_hf_encoder(p)
-    if not p.is_file():
-        raise FileNotFoundError(f"task.init: {path} is neither a checkpoint file nor a transformers directory")
-    from wav2vec2.interop.fairseq import FAIRSEQ_SAFE_TYPES, is_fairseq_checkpoint, load_fairseq_pretraining
-
-    state = load_checkpoint(p, allow=FAIRSEQ_SAFE_TYPES)  # ours, or fairseq's (argparse / omegaconf configs)
-    if is_fairseq_checkpoint(state):  # a fairseq pretraining or fine-tuned model: its encoder
-        return load_fairseq_pretraining(p, state, heads=False)
-    if "model" not in state or "config" not in state:
-        raise ValueError(f"task.init: {path} is not a checkpoint of this project (no model/config)")
-    schema = OmegaConf.structured(ModelConfig)
-    cfg = OmegaConf.to_object(OmegaConf.merge(schema, state["config"]["model"]))
-    weights = state["model"]
-    if state.get("task", "pretrain") == "ctc":  # a fine-tuned model: its encoder
-        weights = {k[len("wav2vec2."):]: v for k, v in weights.items() if k.startswith("wav2vec2.")}
-    weights = {k: v for k, v in weights.items() if not k.startswith(PRETRAINING_ONLY)}
-    normalize = state["config"].get("data", {}).get("normalize")
-    return cfg, weights, None if normalize is None else bool(normalize)
-

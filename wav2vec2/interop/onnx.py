@@ -1,10 +1,10 @@
-"""A recogniser for devices: a `Recognizer` as an ONNX graph (waveform -> CTC logits), an int8
-copy of it, and a JSON sidecar that tells a torch-free runner (`scripts/onnx_transcribe.py`)
-everything else: the vocabulary, the blank, the word delimiter, the sample rate, whether to
-normalise, the frame hop.
+"""A recogniser for devices: a CTC model (any the loader reads) as an ONNX graph (waveform ->
+CTC logits), an int8 copy of it, and a JSON sidecar that tells a torch-free runner
+(`scripts/onnx_transcribe.py`) everything else: the vocabulary, the blank, the word
+delimiter, the sample rate, whether to normalise, the frame hop.
 
-    export_onnx(load_recognizer("runs/ft/checkpoint_best.pt"), "asr.onnx")  # + asr.onnx.json
-    quantize_onnx("asr.onnx", "asr.int8.onnx")                              # + asr.int8.onnx.json
+    export_onnx(load_model("runs/ft/checkpoint_best.pt"), "asr.onnx")  # + asr.onnx.json
+    quantize_onnx("asr.onnx", "asr.int8.onnx")                         # + asr.int8.onnx.json
 
 The graph (opset 18, one file, weights inside):
 
@@ -14,11 +14,11 @@ The graph (opset 18, one file, weights inside):
              frame_lengths (B,)      int64
 
 B and L are dynamic (L >= the sidecar's `min_samples`, two frames). Padded batches give what
-`Recognizer.__call__` gives with the same padding mask; note that the BASE feature encoder's
+the PyTorch model gives with the same padding mask; note that the BASE feature encoder's
 GroupNorm averages over time, padding included, so there a padded row is not the same as
 that utterance alone (the runner decodes one file at a time).
 
-What the export changes, on a copy (the recogniser is untouched), and why:
+What the export changes, on a copy (the model is untouched), and why:
 
 - `transformer.required_seq_len_multiple` is set to 1. `ContextNetwork.forward` branches in
   Python on `pad = -T % multiple` (`if pad:`), a value of the symbolic frame count:
@@ -34,11 +34,8 @@ What the export changes, on a copy (the recogniser is untouched), and why:
 - eval mode, fp32, CPU, no gradients: dropout, LayerDrop (a host-side `float(torch.rand(()))`
   that no graph can hold, only drawn in training) and masking are off.
 
-ExecuTorch (`.pte` for phones: torch.export -> to_edge -> XNNPACK partitioner): see
-`export_pte`. It needs the `executorch` extra (executorch 1.5.1 installs beside torch
-2.13.0+cpu without replacing it; it brings coremltools, pandas and scikit-learn along, so
-it is not a core dependency) and imports it lazily. The dev extra includes it, so CI runs
-the .pte against eager PyTorch.
+ExecuTorch (`.pte` for phones) is `executorch.py` beside this file, with the same module,
+copy and sidecar.
 
 Shapes: B batch, L samples, T frames, V vocabulary size.
 """
@@ -58,14 +55,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from wav2vec2.data.labels import EOS, PAD, WORD_BOUNDARY
-from wav2vec2.infer.recognizer import Recognizer
+from wav2vec2.data.labels import BLANK, EOS, PAD, WORD_BOUNDARY
+from wav2vec2.files import atomic_output, atomic_write
+from wav2vec2.interop.loaded import LoadedModel
 from wav2vec2.model.ctc import Wav2Vec2Ctc
 
 OPSET = 18
 """ONNX opset: 17 brought LayerNormalization; 18 is what onnxruntime builds of the last few
 years (mobile included) all run."""
 SIDECAR_FORMAT = "wav2vec2-ctc"
+INSTALL_HINT = "pip install -e '.[export]' (the export extra: onnx, onnxscript, onnxruntime)"
 NORMALIZE_EPS = 1e-5
 """The waveform is normalised as `F.layer_norm(x, x.shape)`: (x - mean) / sqrt(var + eps)."""
 
@@ -119,18 +118,19 @@ def min_samples(model: Wav2Vec2Ctc) -> int:
     return encoder.receptive_field + encoder.cfg.hop
 
 
-def export_onnx(recognizer: Recognizer, path: str | os.PathLike, *, opset: int = OPSET,
+def export_onnx(model: LoadedModel, path: str | os.PathLike, *, opset: int = OPSET,
                 dynamic: bool = True, example_samples: int | None = None) -> Path:
-    """Write `recognizer` as an ONNX graph to `path` and its sidecar to `<path>.json`.
+    """Write a CTC `model` as an ONNX graph to `path` and its sidecar to `<path>.json`.
 
     `dynamic=False` fixes the graph to one utterance of `example_samples` (default: one
     second), for runtimes that want static shapes. Returns `path`.
     """
     path = Path(path)
-    module = ExportableCtc(recognizer.model).eval()
+    model.require_dictionary()
+    module = ExportableCtc(model.build()).eval()
     shortest = min_samples(module.model)
     if dynamic:
-        num_samples = example_samples or 2 * recognizer.sample_rate
+        num_samples = example_samples or 2 * model.sample_rate
         # A batch of 2 with one padded row: batch 1 would be specialised (0/1 specialisation),
         # and the padding mask is traced as tensor ops either way.
         waveform = torch.randn(2, num_samples)
@@ -139,24 +139,24 @@ def export_onnx(recognizer: Recognizer, path: str | os.PathLike, *, opset: int =
         length = torch.export.Dim("length", min=shortest)
         dynamic_shapes: tuple | None = ({0: batch, 1: length}, {0: batch})
     else:
-        num_samples = example_samples or recognizer.sample_rate
+        num_samples = example_samples or model.sample_rate
         if num_samples < shortest:
             raise ValueError(f"example_samples must be at least {shortest} (two frames), got {num_samples}")
         waveform = torch.randn(1, num_samples)
         lengths = torch.tensor([num_samples])
         dynamic_shapes = None
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), _quiet_exporters():
+    with torch.no_grad(), _quiet_exporters(), atomic_output(path) as tmp:
         # torch.export first, on its own: torch.onnx.export would retry a failed capture with
         # other strategies and shapes refined from the error, which can quietly trace a graph
         # that holds for the example only.
         program = torch.export.export(module, (waveform, lengths), dynamic_shapes=dynamic_shapes)
         torch.onnx.export(
-            program, (waveform, lengths), str(path), dynamo=True, opset_version=opset,
+            program, (waveform, lengths), str(tmp), dynamo=True, opset_version=opset,
             input_names=["waveform", "lengths"], output_names=["logits", "frame_lengths"],
             external_data=False, verbose=False,
         )
-    write_sidecar(path, sidecar(recognizer, opset=opset, dynamic=dynamic,
+    write_sidecar(path, sidecar(model, module.model, opset=opset, dynamic=dynamic,
                                 fixed_samples=None if dynamic else num_samples))
     return path
 
@@ -182,25 +182,26 @@ def _quiet_exporters() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def sidecar(recognizer: Recognizer, **extra) -> dict:
-    """What a runner needs besides the graph, as plain JSON values."""
-    encoder = recognizer.model.wav2vec2.feature_encoder
+def sidecar(model: LoadedModel, built: Wav2Vec2Ctc, **extra) -> dict:
+    """What a runner needs besides the graph (of `built`, the exported copy of `model`), as
+    plain JSON values."""
+    encoder = built.wav2vec2.feature_encoder
     return {
         "format": SIDECAR_FORMAT,
         "version": 1,
         "inputs": {"waveform": "(B, L) float32", "lengths": "(B,) int64 unpadded samples"},
         "outputs": {"logits": "(B, T, V) float32", "frame_lengths": "(B,) int64"},
-        "symbols": list(recognizer.dictionary.symbols),
-        "blank": recognizer.model.blank,
-        "not_text": sorted({recognizer.model.blank, PAD, EOS}),
+        "symbols": list(model.require_dictionary().symbols),
+        "blank": BLANK,
+        "not_text": sorted({BLANK, PAD, EOS}),
         "word_delimiter": WORD_BOUNDARY,
-        "sample_rate": recognizer.sample_rate,
-        "normalize": recognizer.normalize,
+        "sample_rate": model.sample_rate,
+        "normalize": bool(model.normalize),
         "normalize_eps": NORMALIZE_EPS,
         "frame_hop": encoder.cfg.hop,
         "receptive_field": encoder.receptive_field,
-        "min_samples": min_samples(recognizer.model),
-        "source": recognizer.source,
+        "min_samples": min_samples(built),
+        "source": model.path,
         **extra,
     }
 
@@ -213,9 +214,7 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
 
 def write_sidecar(model_path: str | os.PathLike, meta: dict) -> Path:
     out = sidecar_path(model_path)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    atomic_write(out, json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     return out
 
 
@@ -235,45 +234,9 @@ def quantize_onnx(in_path: str | os.PathLike, out_path: str | os.PathLike) -> Pa
     if in_path.resolve() == out_path.resolve():
         raise ValueError(f"quantize_onnx: the output would overwrite the input {in_path}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet_exporters():
-        quantize_dynamic(in_path, out_path, op_types_to_quantize=["MatMul", "Gemm"],
-                         weight_type=QuantType.QInt8)
+    with _quiet_exporters(), atomic_output(out_path) as tmp:
+        quantize_dynamic(in_path, tmp, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
     meta = json.loads(sidecar_path(in_path).read_text(encoding="utf-8"))
     meta["quantization"] = "onnxruntime dynamic int8 (MatMul/Gemm weights, per tensor)"
     write_sidecar(out_path, meta)
     return out_path
-
-
-def export_pte(recognizer: Recognizer, path: str | os.PathLike, *, max_seconds: float = 60.0) -> Path:
-    """ExecuTorch program for one utterance, delegated to XNNPACK: torch.export ->
-    `to_edge_transform_and_lower(XnnpackPartitioner)` -> `.pte`, plus the same sidecar.
-
-    Same inputs and outputs as the ONNX graph, but batch 1 (XNNPACK's reshape takes a single
-    dynamic dimension) and L dynamic up to `max_seconds` (ExecuTorch plans memory for the
-    largest shape). Needs the `executorch` package (module docstring).
-    """
-    with _quiet_exporters():
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
-
-    path = Path(path)
-    module = ExportableCtc(recognizer.model).eval()
-    shortest = min_samples(module.model)
-    longest = int(max_seconds * recognizer.sample_rate)
-    num_samples = 2 * recognizer.sample_rate
-    waveform, lengths = torch.randn(1, num_samples), torch.tensor([num_samples])
-    length = torch.export.Dim("length", min=shortest, max=longest)
-    with torch.no_grad(), _quiet_exporters():
-        # With batch 1, viewing (1, T, D) as (T, D) in every Linear makes torch.export guard
-        # on `1 % T != 0`, true for T >= 2 but beyond its solver: a constraint violation.
-        # Size-oblivious reasoning (what torch.onnx.export itself runs under) assumes sizes
-        # >= 2 and adds no guard; `min_samples` already keeps T >= 2.
-        with torch.fx.experimental._config.patch(backed_size_oblivious=True):
-            program = torch.export.export(module, (waveform, lengths), dynamic_shapes=({1: length}, None))
-    with _quiet_exporters():
-        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(lowered.buffer)
-    write_sidecar(path, sidecar(recognizer, runtime="executorch", max_samples=longest))
-    return path
-

@@ -10,9 +10,9 @@
 - Our encoder's hidden states against transformers' `Wav2Vec2Model(output_hidden_states=True)`
   layer by layer, post-LN and pre-LN.
 - Exact CTC state-dict round trips in both directions, and the CTC config.
-- `load_hf_encoder` on directories saved by `Wav2Vec2ForPreTraining`, `Wav2Vec2Model` and
-  `Wav2Vec2ForCTC`: architecture, weights (exact) and outputs; `do_normalize`; a checkpoint
-  without mask embedding; the errors.
+- The loader's `read_hf` on directories saved by `Wav2Vec2ForPreTraining`, `Wav2Vec2Model`
+  and `Wav2Vec2ForCTC`, as fine-tuning and features take them (the encoder): architecture,
+  weights (exact) and outputs; `do_normalize`; a checkpoint without mask embedding; the errors.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from wav2vec2.interop.hf import (  # noqa: E402
     ctc_config_to_hf,
     ctc_state_dict_from_hf,
     ctc_state_dict_to_hf,
-    load_hf_encoder,
+    read_hf,
     state_dict_to_hf,
 )
 from wav2vec2.model.ctc import Wav2Vec2Ctc  # noqa: E402
@@ -295,7 +295,13 @@ def test_ctc_state_dict_from_hf_without_mask_embedding(caplog):
     assert torch.equal(ctc_state_dict_from_hf(hf_state, cfg)["wav2vec2.mask_emb"], mask_emb)
 
 
-# ------------------------------------------------------------------------------ load_hf_encoder
+# ------------------------------------------------------------------------------ reading directories
+def read_encoder(path, *, template: ModelConfig | None = None):
+    """(config, encoder weights, normalize) of a directory, as fine-tuning and features read it."""
+    loaded = read_hf(path, template=template)
+    return loaded.config, loaded.encoder_weights(), loaded.normalize
+
+
 HF_CLASSES = {
     "pretraining": transformers.Wav2Vec2ForPreTraining,
     "model": transformers.Wav2Vec2Model,
@@ -345,52 +351,52 @@ def _assert_same_outputs(ours: Wav2Vec2Model, hf_encoder, what: str) -> None:
 
 @pytest.mark.parametrize("make_cfg", [tiny, _tiny_pre_ln, _tiny_no_proj])
 @pytest.mark.parametrize("kind", list(HF_CLASSES))
-def test_load_hf_encoder(kind, make_cfg, tmp_path):
+def test_read_encoder(kind, make_cfg, tmp_path):
     source_cfg = make_cfg()
     hf_encoder = _save_hf(kind, source_cfg, tmp_path)
-    cfg, state, do_normalize = load_hf_encoder(tmp_path)
+    cfg, state, do_normalize = read_encoder(tmp_path)
     assert architecture(cfg) == architecture(source_cfg)
     assert do_normalize is None  # no preprocessor_config.json
     # The tensors are transformers' own, renamed.
     expected = {"wav2vec2." + k: v for k, v in hf_encoder.state_dict().items()}
     _assert_same_state(state_dict_to_hf(state, cfg), expected)
-    what = f"[{kind}/{make_cfg.__name__}] load_hf_encoder"
+    what = f"[{kind}/{make_cfg.__name__}] read_hf"
     _assert_same_outputs(_our_encoder(cfg, state), hf_encoder, what)
     # With the source as template, the whole config comes back (str paths work too).
-    assert load_hf_encoder(str(tmp_path), template=source_cfg)[0] == source_cfg
+    assert read_encoder(str(tmp_path), template=source_cfg)[0] == source_cfg
 
 
 @pytest.mark.parametrize("do_normalize", [True, False])
-def test_load_hf_encoder_reads_do_normalize(do_normalize, tmp_path):
+def test_read_encoder_reads_do_normalize(do_normalize, tmp_path):
     _save_hf("model", tiny(), tmp_path)
     transformers.Wav2Vec2FeatureExtractor(do_normalize=do_normalize).save_pretrained(tmp_path)
-    assert load_hf_encoder(tmp_path)[2] is do_normalize
+    assert read_encoder(tmp_path)[2] is do_normalize
 
 
-def test_load_hf_encoder_do_normalize_defaults_to_feature_extractor_default(tmp_path):
+def test_read_encoder_do_normalize_defaults_to_feature_extractor_default(tmp_path):
     _save_hf("model", tiny(), tmp_path)
     (tmp_path / "preprocessor_config.json").write_text(json.dumps({"sampling_rate": 16000}))
-    assert load_hf_encoder(tmp_path)[2] is True
+    assert read_encoder(tmp_path)[2] is True
 
 
-def test_load_hf_encoder_without_mask_embedding(tmp_path, caplog):
+def test_read_encoder_without_mask_embedding(tmp_path, caplog):
     """Saved with masking off, transformers has no masked_spec_embed: a fresh U[0, 1)
     mask_emb is returned (deterministic), with a warning; everything else is the checkpoint's."""
     source_cfg = tiny()
     hf_encoder = _save_hf("ctc", source_cfg, tmp_path, masking=False)
     assert not hasattr(hf_encoder, "masked_spec_embed")
     with caplog.at_level(logging.WARNING, logger="wav2vec2.interop.hf"):
-        cfg, state, _ = load_hf_encoder(tmp_path)
+        cfg, state, _ = read_encoder(tmp_path)
     assert "no masked_spec_embed" in caplog.text and str(tmp_path) in caplog.text
     assert (cfg.masking.mask_prob, cfg.masking.channel_prob) == (0.0, 0.0)
     mask_emb = state["mask_emb"]
     assert mask_emb.shape == (cfg.transformer.embed_dim,)
     assert ((mask_emb >= 0) & (mask_emb < 1)).all() and mask_emb.std() > 0.1
-    assert torch.equal(load_hf_encoder(tmp_path)[1]["mask_emb"], mask_emb)
-    _assert_same_outputs(_our_encoder(cfg, state), hf_encoder, "[no mask_emb] load_hf_encoder")
+    assert torch.equal(read_encoder(tmp_path)[1]["mask_emb"], mask_emb)
+    _assert_same_outputs(_our_encoder(cfg, state), hf_encoder, "[no mask_emb] read_hf")
 
 
-def test_load_hf_encoder_ignores_a_made_up_mask_embedding(tmp_path, caplog):
+def test_read_encoder_ignores_a_made_up_mask_embedding(tmp_path, caplog):
     """Masking on in the config but no masked_spec_embed in the weights: transformers makes
     one up (from the global RNG); ours is the deterministic fresh draw, with the warning."""
     _save_hf("model", tiny(), tmp_path)
@@ -398,52 +404,52 @@ def test_load_hf_encoder_ignores_a_made_up_mask_embedding(tmp_path, caplog):
     del weights["masked_spec_embed"]
     save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     with caplog.at_level(logging.WARNING, logger="wav2vec2.interop.hf"):
-        first = load_hf_encoder(tmp_path)[1]["mask_emb"]
+        first = read_encoder(tmp_path)[1]["mask_emb"]
     assert "no masked_spec_embed" in caplog.text
     torch.manual_seed(123)  # transformers' draw would change with the global RNG
-    assert torch.equal(load_hf_encoder(tmp_path)[1]["mask_emb"], first)
+    assert torch.equal(read_encoder(tmp_path)[1]["mask_emb"], first)
 
 
-def test_load_hf_encoder_errors(tmp_path, monkeypatch):
+def test_read_encoder_errors(tmp_path, monkeypatch):
     missing = tmp_path / "missing"
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
-        load_hf_encoder(missing)
+        read_encoder(missing)
     with pytest.raises(FileNotFoundError, match="not a local directory"):
-        load_hf_encoder("facebook/wav2vec2-base")
+        read_encoder("facebook/wav2vec2-base")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match=re.escape(f"{empty} has no config.json")):
-        load_hf_encoder(empty)
+        read_encoder(empty)
 
     hubert = tmp_path / "hubert"
     transformers.HubertConfig().save_pretrained(hubert)
     with pytest.raises(ValueError, match=re.escape(f"{hubert / 'config.json'}: a 'hubert' model")):
-        load_hf_encoder(hubert)
+        read_encoder(hubert)
 
     relu = tmp_path / "relu"
     config_to_hf(tiny()).save_pretrained(relu)
     config = json.loads((relu / "config.json").read_text())
     (relu / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
-    with pytest.raises(ValueError, match=re.escape(f"{relu}: transformers config has hidden_act='relu'")):
-        load_hf_encoder(relu)
+    with pytest.raises(ValueError, match=re.escape(f"{relu / 'config.json'}: transformers config has hidden_act='relu'")):
+        read_encoder(relu)
 
     truncated = tmp_path / "truncated"
     _save_hf("ctc", tiny(), truncated)
     weights = load_file(truncated / "model.safetensors")
     del weights["wav2vec2.encoder.layer_norm.bias"]
     save_file(weights, str(truncated / "model.safetensors"), metadata={"format": "pt"})
-    lacks = f"{truncated}: the checkpoint lacks ['encoder.layer_norm.bias']"
+    lacks = f"{truncated}: the checkpoint lacks ['wav2vec2.encoder.layer_norm.bias']"
     with pytest.raises(ValueError, match=re.escape(lacks)):
-        load_hf_encoder(truncated)
+        read_encoder(truncated)
 
     not_identity = tmp_path / "not_identity"
     cfg = _tiny_no_proj()
     transformers.Wav2Vec2Model(config_to_hf(cfg)).save_pretrained(not_identity)  # random projection
     with pytest.raises(ValueError, match=re.escape(f"{not_identity}: conv dim == model dim")):
-        load_hf_encoder(not_identity)
+        read_encoder(not_identity)
 
     no_transformers = tmp_path / "no_transformers"
     config_to_hf(tiny()).save_pretrained(no_transformers)
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` fails
-    with pytest.raises(ImportError, match="pip install transformers"):
-        load_hf_encoder(no_transformers)
+    with pytest.raises(ImportError, match=re.escape("pip install -e '.[hf]'")):
+        read_encoder(no_transformers)

@@ -14,7 +14,7 @@ from wav2vec2.interop.hf import (  # noqa: E402
     config_from_hf,
     config_to_hf,
     export_hf,
-    load_hf_pretraining,
+    read_hf,
     negatives_to_hf,
     state_dict_from_hf,
     state_dict_to_hf,
@@ -193,17 +193,20 @@ def test_export_loads_in_transformers_and_imports_back_exactly(make_cfg, tmp_pat
     assert not info.get("mismatched_keys")
     _assert_same_state(hf.state_dict(), state_dict_to_hf(model.state_dict(), cfg))
 
-    for source in (tmp_path, str(tmp_path), hf):
-        back = load_hf_pretraining(source, template=cfg)
-        assert back.cfg == cfg
-        _assert_same_state(back.state_dict(), model.state_dict())
+    for source in (tmp_path, str(tmp_path)):
+        back = read_hf(source, template=cfg)
+        assert back.kind == "pretraining" and back.config == cfg
+        _assert_same_state(back.weights, model.state_dict())
+    # A model in memory goes through the same two tables.
+    assert config_from_hf(hf.config, template=cfg) == cfg
+    _assert_same_state(state_dict_from_hf(hf.state_dict(), cfg), model.state_dict())
 
 
 def test_load_refuses_non_local_paths(tmp_path):
     with pytest.raises(FileNotFoundError):
-        load_hf_pretraining("facebook/wav2vec2-base")
+        read_hf("facebook/wav2vec2-base")
     with pytest.raises(FileNotFoundError):
-        load_hf_pretraining(tmp_path / "missing")
+        read_hf(tmp_path / "missing")
 
 
 def test_negatives_to_hf_points_at_the_same_frames():

@@ -1,10 +1,11 @@
-"""Whole transformers `Wav2Vec2ForCTC` directories in and out (`export_hf_ctc`, `load_hf_ctc`).
+"""Whole transformers `Wav2Vec2ForCTC` directories in and out (`export_hf`, and the loader's
+`read_hf` through `load_recognizer`).
 
 - Export: transformers' `Wav2Vec2ForCTC.from_pretrained` gives our logits within 1e-5 (eval,
   fp32; TINY, BASE on 1 s, and a padded batch through the layer-norm encoder with the
   attention mask that the exported `Wav2Vec2Processor` makes); the files say what they should
   (blank = pad_token_id 0, vocabulary, tokenizer, feature extractor); the ASR pipeline
-  transcribes what our greedy decoding does; `load_hf_encoder` reads the export.
+  transcribes what our greedy decoding does; the loader reads the export's encoder.
 - Import: our own export comes back exactly; directories saved by transformers with other
   vocabularies (blank not at 0, another word delimiter, added special tokens, fairseq's
   layout) are permuted onto ours and decode as transformers' greedy decoding does.
@@ -30,13 +31,7 @@ from wav2vec2.config import ModelConfig, architecture, base, tiny  # noqa: E402
 from wav2vec2.data.labels import Dictionary  # noqa: E402
 from wav2vec2.infer.decode import greedy_ctc  # noqa: E402
 from wav2vec2.infer.recognizer import Recognizer, load_recognizer  # noqa: E402
-from wav2vec2.interop.hf import (  # noqa: E402
-    ctc_config_to_hf,
-    export_hf_ctc,
-    load_hf_ctc,
-    load_hf_encoder,
-    state_dict_to_hf,
-)
+from wav2vec2.interop.hf import ctc_config_to_hf, export_hf, read_hf, state_dict_to_hf  # noqa: E402
 from wav2vec2.model.ctc import Wav2Vec2Ctc  # noqa: E402
 from wav2vec2.files import UnsafeCheckpointError  # noqa: E402
 
@@ -142,7 +137,7 @@ EXPORT_VARIANTS = {
 def test_exported_logits_match_transformers(name, tmp_path):
     make_cfg, num_samples, pad = EXPORT_VARIANTS[name]
     ours, dictionary = _our_model(make_cfg)
-    out = export_hf_ctc(ours, tmp_path / "export", dictionary=dictionary, normalize=pad > 0)
+    out = export_hf(ours, tmp_path / "export", dictionary=dictionary, normalize=pad > 0)
     hf = _hf_ctc(out)
     assert hf.config.final_dropout == 0.1 and hf.config.pad_token_id == 0
     waves = _audio([num_samples, num_samples - pad])
@@ -167,7 +162,7 @@ def test_exported_logits_match_transformers(name, tmp_path):
 
 def test_exported_files(tmp_path):
     ours, dictionary = _our_model(_tiny_pre_ln)
-    out = export_hf_ctc(ours, tmp_path / "export", dictionary=dictionary, normalize=True, sample_rate=8000)
+    out = export_hf(ours, tmp_path / "export", dictionary=dictionary, normalize=True, sample_rate=8000)
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json", "model.safetensors", "preprocessor_config.json", "special_tokens_map.json",
         "tokenizer_config.json", "vocab.json"]
@@ -197,7 +192,7 @@ def test_exported_files(tmp_path):
 
 def test_group_norm_export_has_no_attention_mask(tmp_path):
     ours, dictionary = _our_model(tiny)
-    out = export_hf_ctc(ours, tmp_path / "export", dictionary=dictionary, normalize=False)
+    out = export_hf(ours, tmp_path / "export", dictionary=dictionary, normalize=False)
     preprocessor = json.loads((out / "preprocessor_config.json").read_text())
     assert (preprocessor["return_attention_mask"], preprocessor["do_normalize"]) == (False, False)
 
@@ -209,7 +204,7 @@ def test_group_norm_export_has_no_attention_mask(tmp_path):
 def test_pipeline_transcribes_as_our_greedy_decoding(make_cfg, normalize, tmp_path):
     ours, dictionary = _our_model(make_cfg)
     recognizer = Recognizer(ours, dictionary, normalize)
-    out = export_hf_ctc(recognizer, tmp_path / "export")
+    out = export_hf(recognizer.as_loaded(), tmp_path / "export")
     asr = transformers.pipeline("automatic-speech-recognition", model=str(out), device="cpu")
     waves = _audio([16000, 23456, 9999], seed=2)
     theirs = [result["text"] for result in asr(waves)]
@@ -232,7 +227,7 @@ def test_export_writes_nothing_on_failure(tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", fail)
     with pytest.raises(OSError, match="disk full"):
-        export_hf_ctc(ours, tmp_path / "export", dictionary=dictionary, normalize=False)
+        export_hf(ours, tmp_path / "export", dictionary=dictionary, normalize=False)
     assert list(tmp_path.iterdir()) == []  # neither the directory nor its temporary one
 
 
@@ -242,29 +237,27 @@ def test_export_errors(tmp_path):
     occupied.mkdir()
     (occupied / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match=re.escape(str(occupied))):
-        export_hf_ctc(ours, occupied, dictionary=dictionary, normalize=False)
+        export_hf(ours, occupied, dictionary=dictionary, normalize=False)
     assert [p.name for p in occupied.iterdir()] == ["notes.txt"]
     with pytest.raises(ValueError, match="33 symbols"):
-        export_hf_ctc(ours, tmp_path / "a", dictionary=Dictionary.from_symbols([*LETTERS, "1"]), normalize=False)
+        export_hf(ours, tmp_path / "a", dictionary=Dictionary.from_symbols([*LETTERS, "1"]), normalize=False)
     with pytest.raises(ValueError, match="needs its dictionary and normalize"):
-        export_hf_ctc(ours, tmp_path / "b", dictionary=dictionary)
-    with pytest.raises(ValueError, match="brings its own"):
-        export_hf_ctc(Recognizer(ours, dictionary, False), tmp_path / "c", dictionary=dictionary)
+        export_hf(ours, tmp_path / "b", dictionary=dictionary)
     s_dictionary = Dictionary.from_symbols([*LETTERS[:-1], "<s>"])
     with pytest.raises(ValueError, match="collide"):
-        export_hf_ctc(ours, tmp_path / "d", dictionary=s_dictionary, normalize=False)
+        export_hf(ours, tmp_path / "d", dictionary=s_dictionary, normalize=False)
     # An existing empty directory is fine.
     (tmp_path / "empty").mkdir()
-    export_hf_ctc(ours, tmp_path / "empty", dictionary=dictionary, normalize=False)
+    export_hf(ours, tmp_path / "empty", dictionary=dictionary, normalize=False)
     assert (tmp_path / "empty" / "model.safetensors").is_file()
 
 
 # ------------------------------------------------------------------------------ import
 @pytest.mark.parametrize("make_cfg", [tiny, _tiny_pre_ln])
-def test_load_hf_ctc_gives_back_our_export_exactly(make_cfg, tmp_path):
+def test_reading_a_ctc_directory_gives_back_our_export_exactly(make_cfg, tmp_path):
     ours, dictionary = _our_model(make_cfg)
-    out = export_hf_ctc(Recognizer(ours, dictionary, True, 8000), tmp_path / "export")
-    recognizer = load_hf_ctc(out)
+    out = export_hf(Recognizer(ours, dictionary, True, 8000).as_loaded(), tmp_path / "export")
+    recognizer = load_recognizer(out)
     assert recognizer.dictionary == dictionary
     assert (recognizer.normalize, recognizer.sample_rate, recognizer.source) == (True, 8000, str(out))
     assert architecture(recognizer.model.cfg) == architecture(ours.cfg)
@@ -277,14 +270,15 @@ def test_load_hf_ctc_gives_back_our_export_exactly(make_cfg, tmp_path):
     with torch.no_grad():
         expected = ours(source, padding_mask).logits
         assert torch.equal(recognizer(source, padding_mask).logits, expected)
-        # The generic entry point takes the same road for a directory.
-        assert torch.equal(load_recognizer(out)(source, padding_mask).logits, expected)
+        # The reader itself gives the same model.
+        assert torch.equal(Recognizer.from_loaded(read_hf(out))(source, padding_mask).logits, expected)
 
 
-def test_load_hf_encoder_reads_the_export(tmp_path):
+def test_the_loader_reads_the_exports_encoder(tmp_path):
     ours, dictionary = _our_model(_tiny_pre_ln)
-    out = export_hf_ctc(ours, tmp_path / "export", dictionary=dictionary, normalize=True)
-    cfg, state, do_normalize = load_hf_encoder(out)
+    out = export_hf(ours, tmp_path / "export", dictionary=dictionary, normalize=True)
+    loaded = read_hf(out)
+    cfg, state, do_normalize = loaded.config, loaded.encoder_weights(), loaded.normalize
     assert architecture(cfg) == architecture(ours.cfg) and do_normalize is True
     expected = {k.removeprefix("wav2vec2."): v for k, v in ours.state_dict().items() if k.startswith("wav2vec2.")}
     assert sorted(state) == sorted(expected)
@@ -327,18 +321,18 @@ def _save_transformers_dir(path, vocab, tokenizer_kwargs, pad_token_id, num_rows
     hf.save_pretrained(path)
     feature_extractor = transformers.Wav2Vec2FeatureExtractor(do_normalize=do_normalize)
     # transformers 5 writes the feature extractor into processor_config.json here, 4.x into
-    # preprocessor_config.json: load_hf_ctc must read either.
+    # preprocessor_config.json: the loader must read either.
     transformers.Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(path)
     hf.config._attn_implementation = "eager"
     return hf.eval(), tokenizer
 
 
 @pytest.mark.parametrize("name", list(HF_VOCABS))
-def test_load_hf_ctc_maps_a_transformers_vocabulary(name, tmp_path):
+def test_reading_a_ctc_directory_maps_a_transformers_vocabulary(name, tmp_path):
     vocab, tokenizer_kwargs, pad_token_id, num_rows, rows = HF_VOCABS[name]
     # The seed: with seed 0, the 7-row head of "added_specials" only ever emits "b".
     hf, tokenizer = _save_transformers_dir(tmp_path / "hf", vocab, tokenizer_kwargs, pad_token_id, num_rows, seed=1)
-    recognizer = load_hf_ctc(tmp_path / "hf")
+    recognizer = load_recognizer(tmp_path / "hf")
     assert (recognizer.normalize, recognizer.sample_rate) == (False, 16000)
 
     # The mapping: our index j is their row rows[j]; our specials they lack are never emitted.
@@ -374,18 +368,18 @@ def test_load_hf_ctc_maps_a_transformers_vocabulary(name, tmp_path):
     assert len(letters) >= 2 and any(" " in t for t in texts)  # not a trivial comparison
 
 
-def test_load_hf_ctc_reads_preprocessor_config(tmp_path):
+def test_reading_a_ctc_directory_reads_preprocessor_config(tmp_path):
     vocab, tokenizer_kwargs, pad_token_id, num_rows, _ = HF_VOCABS["pad_first"]
     _save_transformers_dir(tmp_path / "hf", vocab, tokenizer_kwargs, pad_token_id, num_rows, do_normalize=True)
     (tmp_path / "hf" / "preprocessor_config.json").write_text(json.dumps({"do_normalize": False, "sampling_rate": 8000}))
-    assert (load_hf_ctc(tmp_path / "hf").normalize, load_hf_ctc(tmp_path / "hf").sample_rate) == (False, 8000)
+    assert (load_recognizer(tmp_path / "hf").normalize, load_recognizer(tmp_path / "hf").sample_rate) == (False, 8000)
     for name in ("preprocessor_config.json", "processor_config.json"):
         (tmp_path / "hf" / name).unlink()
-    recognizer = load_hf_ctc(tmp_path / "hf")  # defaults, with a warning
+    recognizer = load_recognizer(tmp_path / "hf")  # defaults, with a warning
     assert (recognizer.normalize, recognizer.sample_rate) == (True, 16000)
 
 
-def test_load_hf_ctc_errors(tmp_path):
+def test_reading_a_ctc_directory_errors(tmp_path):
     vocab, tokenizer_kwargs, pad_token_id, num_rows, _ = HF_VOCABS["pad_first"]
     path = tmp_path / "hf"
     _save_transformers_dir(path, vocab, tokenizer_kwargs, pad_token_id, num_rows)
@@ -395,15 +389,15 @@ def test_load_hf_ctc_errors(tmp_path):
     # One token more than the lm_head has rows.
     vocab_file.write_text(json.dumps({**vocab, "c": 5}))
     with pytest.raises(ValueError, match=re.escape(f"{vocab_file}: 6 tokens (ids up to 5) but the lm_head")):
-        load_hf_ctc(path)
+        load_recognizer(path)
     # A row without a token.
     vocab_file.write_text(json.dumps({t: i for t, i in vocab.items() if t != "b"}))
     with pytest.raises(ValueError, match=re.escape(f"{vocab_file}: no token for lm_head row(s) [2] of 5")):
-        load_hf_ctc(path)
+        load_recognizer(path)
     # A nested (multi-lingual) vocabulary.
     vocab_file.write_text(json.dumps({"eng": vocab}))
     with pytest.raises(ValueError, match=re.escape(f"{vocab_file}: expected a flat")):
-        load_hf_ctc(path)
+        load_recognizer(path)
     vocab_file.write_text(original)
 
     # The model's blank is not the tokenizer's pad token.
@@ -411,40 +405,50 @@ def test_load_hf_ctc_errors(tmp_path):
     config = json.loads(config_file.read_text())
     config_file.write_text(json.dumps({**config, "pad_token_id": 1}))
     with pytest.raises(ValueError, match=re.escape(f"{config_file}: pad_token_id 1 (the CTC blank) is 'a'")):
-        load_hf_ctc(path)
+        load_recognizer(path)
     config_file.write_text(json.dumps(config))
-    load_hf_ctc(path)  # restored: loads
+    load_recognizer(path)  # restored: loads
 
     vocab_file.unlink()
-    with pytest.raises(FileNotFoundError, match=re.escape(f"{vocab_file} not found")):
-        load_hf_ctc(path)
+    with pytest.raises(ValueError, match=re.escape(f"{path} (transformers directory (Wav2Vec2ForCTC)) carries no "
+                                                   "vocabulary")):
+        load_recognizer(path)
+    assert read_hf(path).dictionary is None  # its encoder can still be fine-tuned or probed
 
     missing = tmp_path / "missing"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"no model at {missing}")):
+        load_recognizer(missing)
     with pytest.raises(FileNotFoundError, match=re.escape(f"{missing} is not a local directory")):
-        load_hf_ctc(missing)
+        read_hf(missing)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match=re.escape(f"{empty} has no config.json")):
-        load_hf_ctc(empty)
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{empty} is a directory without config.json")):
+        load_recognizer(empty)
     hubert = tmp_path / "hubert"
     transformers.HubertConfig().save_pretrained(hubert)
     with pytest.raises(ValueError, match=re.escape(f"{hubert / 'config.json'}: a 'hubert' model")):
-        load_hf_ctc(hubert)
+        load_recognizer(hubert)
 
     # An encoder without a head (Wav2Vec2Model) is not a recogniser.
     encoder = tmp_path / "encoder"
     transformers.Wav2Vec2Model(ctc_config_to_hf(tiny(), vocab_size=num_rows)).save_pretrained(encoder)
     (encoder / "vocab.json").write_text(original)
+    with pytest.raises(ValueError, match=re.escape(f"{encoder} (transformers directory (Wav2Vec2Model), encoder "
+                                                   "(no pretraining heads)) has no CTC output layer")):
+        load_recognizer(encoder)
+    # A directory that says it is a Wav2Vec2ForCTC but holds no head: the missing weights are named.
+    config = json.loads((encoder / "config.json").read_text())
+    (encoder / "config.json").write_text(json.dumps({**config, "architectures": ["Wav2Vec2ForCTC"]}))
     with pytest.raises(ValueError, match=re.escape(f"{encoder}: the checkpoint lacks ['lm_head.bias', 'lm_head.weight']")):
-        load_hf_ctc(encoder)
+        load_recognizer(encoder)
 
 
-def test_load_hf_ctc_is_state_dict_to_hf_inverse_on_the_encoder(tmp_path):
+def test_reading_a_ctc_directory_is_state_dict_to_hf_inverse_on_the_encoder(tmp_path):
     """The encoder half of an import is the plain rename (no remapping leaks into it)."""
     ours, dictionary = _our_model(tiny)
-    out = export_hf_ctc(ours, tmp_path / "export", dictionary=dictionary, normalize=False)
+    out = export_hf(ours, tmp_path / "export", dictionary=dictionary, normalize=False)
     hf = _hf_ctc(out)
-    encoder = {k: v for k, v in load_hf_ctc(out).model.state_dict().items() if k.startswith("wav2vec2.")}
+    encoder = {k: v for k, v in load_recognizer(out).model.state_dict().items() if k.startswith("wav2vec2.")}
     renamed = state_dict_to_hf({k.removeprefix("wav2vec2."): v for k, v in encoder.items()}, ours.cfg)
     hf_state = hf.state_dict()
     assert all(torch.equal(renamed[k], hf_state[k]) for k in renamed)
@@ -459,16 +463,14 @@ class _RunsCode:
 
 def test_a_pytorch_model_bin_that_would_run_code_is_refused(tmp_path, capsys):
     ours, dictionary = _our_model(tiny)
-    out = export_hf_ctc(ours, tmp_path / "export", dictionary=dictionary, normalize=False)
+    out = export_hf(ours, tmp_path / "export", dictionary=dictionary, normalize=False)
     state = {k: v.contiguous() for k, v in _hf_ctc(out).state_dict().items()}
     (out / "model.safetensors").unlink()
     torch.save(state, out / "pytorch_model.bin")
-    assert load_hf_ctc(out).dictionary == dictionary  # a plain .bin of tensors loads
+    assert load_recognizer(out).dictionary == dictionary  # a plain .bin of tensors loads
     torch.save({**state, "payload": _RunsCode()}, out / "pytorch_model.bin")
-    with pytest.raises(UnsafeCheckpointError, match="refused to load"):
-        load_hf_ctc(out)
     with pytest.raises(UnsafeCheckpointError, match="refused to load"):
         load_recognizer(out)
     with pytest.raises(UnsafeCheckpointError, match="refused to load"):
-        load_hf_encoder(out)  # fine-tuning or extracting features from it
+        read_hf(out)  # fine-tuning or extracting features from it
     assert "this ran while loading" not in capsys.readouterr().out
