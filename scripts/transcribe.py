@@ -2,7 +2,7 @@
 """Transcribe recordings of any length (any format, rate and channels) with a CTC model.
 
 examples:
-  # one line of text per file, to stdout
+  # one line per file to stdout: PATH<TAB>TEXT (the text alone for a single file)
   python scripts/transcribe.py --model runs/ft/checkpoint_best.pt talk.mp3 interview.wav
   # subtitles, one .srt per input, in subs/
   python scripts/transcribe.py --model runs/ft/checkpoint_best.pt --format srt --out subs/ lecture*.flac
@@ -27,9 +27,10 @@ import argparse
 import os
 import sys
 
+from wav2vec2.infer.decode import BeamSearch
+from wav2vec2.infer.formats import FORMATS, Output
 from wav2vec2.infer.recognizer import load_recognizer
-from wav2vec2.infer.transcribe import (CONTEXT_SECONDS, FORMATS, WINDOW_SECONDS, BeamSearch, Output,
-                                       read_manifest_inputs, transcribe_batch)
+from wav2vec2.infer.transcribe import CONTEXT_SECONDS, WINDOW_SECONDS, read_manifest_inputs, transcribe_batch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
                              "or a fairseq checkpoint (with --dictionary)")
     parser.add_argument("--dictionary", help="dict.ltr.txt of a fairseq checkpoint")
     parser.add_argument("--format", choices=sorted(FORMATS), default="text",
-                        help="text: a line per file; json: {file, text, words: [{word, start, end}], duration} "
-                             "per line; srt: subtitles (default: text)")
+                        help="text: a line per file (PATH<TAB>TEXT with several files); json: {file, text, "
+                             "words: [{word, start, end}], duration} per line; srt, vtt: subtitles (default: text)")
     parser.add_argument("--out", help="a file, or a directory (DIR/ or an existing one) for one file per input; "
                                       "default: stdout")
     parser.add_argument("--beam", type=int, metavar="N", help="beam search of width N (default: greedy)")
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             paths, names, references = read_manifest_inputs(args.manifest)
         else:  # in a directory, outputs are named after the files
             paths, names = args.audio, [os.path.basename(p) for p in args.audio]
-        output = Output(args.format, args.out, names)
+        output = Output(args.format, args.out, names, aligned=bool(args.manifest))
     except (OSError, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

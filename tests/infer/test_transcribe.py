@@ -29,6 +29,7 @@ import torch
 
 from wav2vec2.config import tiny
 from wav2vec2.data import Dictionary, write_manifest
+from wav2vec2.infer import decode, formats
 from wav2vec2.infer import transcribe as tr
 from wav2vec2.infer.audio import AudioFile
 from wav2vec2.infer.chunking import run_in_windows
@@ -175,7 +176,7 @@ def test_long_audio_in_windows_equals_clip_by_clip(rec: Recognizer, tmp_path: Pa
     path = write(tmp_path / "long.wav", np.concatenate(clips))
     long = tr.transcribe_file(rec, path, window=1.0, context=0.5)
     with AudioFile(path, sample_rate=SR) as audio:  # frames of 20 ms: word times are frame counts x 0.02
-        spans = tr.greedy_words(tr.frame_logits(rec, audio, window=1.0, context=0.5), DICTIONARY)
+        spans = decode.greedy_words(tr.frame_logits(rec, audio, window=1.0, context=0.5), DICTIONARY)
     assert [(w.word, w.start, w.end) for w in long.words] == [(w, round(a * 0.02, 3), round(b * 0.02, 3))
                                                               for w, a, b in spans]
 
@@ -248,14 +249,14 @@ def test_greedy_words_are_greedy_ctc_with_frame_spans() -> None:
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         logits = torch.randn(60, len(DICTIONARY), generator=g) * 3  # blanks, specials, repeats, `|`
-        spans = tr.greedy_words(logits, DICTIONARY)
+        spans = decode.greedy_words(logits, DICTIONARY)
         assert " ".join(w for w, _, _ in spans) == DICTIONARY.words(greedy_ctc(logits[None])[0])
         ids = logits.argmax(-1).tolist()
         for word, first, end in spans:
             # A word's first frame starts its first letter's run; its end closes its last letter's run.
             assert word.startswith(DICTIONARY.symbols[ids[first]]) and (first == 0 or ids[first - 1] != ids[first])
             assert word.endswith(DICTIONARY.symbols[ids[end - 1]]) and (end == len(ids) or ids[end] != ids[end - 1])
-    assert tr.greedy_words(torch.zeros(0, len(DICTIONARY)), DICTIONARY) == []
+    assert decode.greedy_words(torch.zeros(0, len(DICTIONARY)), DICTIONARY) == []
 
 
 def _peaked(path: str) -> torch.Tensor:
@@ -273,9 +274,9 @@ def _needs_flashlight() -> None:
 
 def test_beam_search_without_lm_gives_the_greedy_result(rec: Recognizer, tmp_path: Path) -> None:
     _needs_flashlight()
-    beam = tr.BeamSearch(DICTIONARY, beam_width=8)
+    beam = decode.BeamSearch(DICTIONARY, beam_width=8)
     logits = _peaked("__AA_AB||_|C_CC_|BA_B|")  # a blank between two equal letters keeps both
-    greedy = tr.greedy_words(logits, DICTIONARY)
+    greedy = decode.greedy_words(logits, DICTIONARY)
     assert greedy == [("AAB", 2, 7), ("CC", 11, 15), ("BAB", 17, 21)]
     assert beam(logits) == greedy
     # Not peaked at all, in chunks of 37 frames: without an LM the best path is still the
@@ -283,8 +284,8 @@ def test_beam_search_without_lm_gives_the_greedy_result(rec: Recognizer, tmp_pat
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(1000, len(DICTIONARY), generator=g) * 1.5
     logits[:, [1, 2]] = -30.0
-    chunked = tr.BeamSearch(DICTIONARY, beam_width=8, chunk_frames=37, look_back_frames=5)
-    assert chunked(logits) == beam(logits) == tr.greedy_words(logits, DICTIONARY)
+    chunked = decode.BeamSearch(DICTIONARY, beam_width=8, chunk_frames=37, look_back_frames=5)
+    assert chunked(logits) == beam(logits) == decode.greedy_words(logits, DICTIONARY)
     wav, _, _ = tone_speech(random_words(np.random.default_rng(5), 5), np.random.default_rng(6))
     path = write(tmp_path / "a.wav", wav)
     # Without an LM the best path is the greedy one, timestamps included.
@@ -322,23 +323,23 @@ def test_a_language_model_picks_its_words(tmp_path: Path) -> None:
     logits[[1, 2], DICTIONARY.index("C")] = 0.2
     logits[[1, 2], DICTIONARY.index("A")] = 0.0
     logits[3, DICTIONARY.index("B")] = 0.0
-    assert tr.greedy_words(logits, DICTIONARY) == tr.BeamSearch(DICTIONARY, beam_width=8)(logits) == [("CB", 1, 4)]
-    assert tr.BeamSearch(DICTIONARY, beam_width=8, lm=lm)(logits) == [("AB", 1, 4)]  # lexicon: the unigrams
-    assert tr.BeamSearch(DICTIONARY, beam_width=8, lm=lm, lm_weight=0.0)(logits) == [("CB", 1, 4)]
+    assert decode.greedy_words(logits, DICTIONARY) == decode.BeamSearch(DICTIONARY, beam_width=8)(logits) == [("CB", 1, 4)]
+    assert decode.BeamSearch(DICTIONARY, beam_width=8, lm=lm)(logits) == [("AB", 1, 4)]  # lexicon: the unigrams
+    assert decode.BeamSearch(DICTIONARY, beam_width=8, lm=lm, lm_weight=0.0)(logits) == [("CB", 1, 4)]
     # 40 such words, decoded in chunks of 13 frames that commit all but the last 4.
     many = logits[:-3].repeat(40, 1)  # (200, V)
-    chunked = tr.BeamSearch(DICTIONARY, beam_width=8, lm=lm, chunk_frames=13, look_back_frames=4)(many)
+    chunked = decode.BeamSearch(DICTIONARY, beam_width=8, lm=lm, chunk_frames=13, look_back_frames=4)(many)
     assert chunked == [("AB", 1 + 5 * k, 4 + 5 * k) for k in range(40)]
     lexicon = tmp_path / "lexicon.txt"
     lexicon.write_text("BAC\tB A C |\nAB\tA B |\n")
-    assert tr.BeamSearch(DICTIONARY, beam_width=8, lm=lm, lexicon=lexicon, lm_weight=0.0)(logits) == [("AB", 1, 4)]
+    assert decode.BeamSearch(DICTIONARY, beam_width=8, lm=lm, lexicon=lexicon, lm_weight=0.0)(logits) == [("AB", 1, 4)]
     lexicon.write_text("AB\tA D |\n")
     with pytest.raises(ValueError, match="'AB'.*'D'"):
-        tr.BeamSearch(DICTIONARY, beam_width=8, lm=lm, lexicon=lexicon)
+        decode.BeamSearch(DICTIONARY, beam_width=8, lm=lm, lexicon=lexicon)
     binary = tmp_path / "lm.bin"
     binary.write_bytes(b"mmap lm")
     with pytest.raises(ValueError, match="lexicon"):
-        tr.BeamSearch(DICTIONARY, beam_width=8, lm=binary)
+        decode.BeamSearch(DICTIONARY, beam_width=8, lm=binary)
 
 
 def test_beam_search_needs_its_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -347,13 +348,13 @@ def test_beam_search_needs_its_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     lm.write_text(_ARPA)
     monkeypatch.setitem(sys.modules, "flashlight.lib.text.decoder.kenlm", None)  # built without KenLM
     with pytest.raises(ImportError, match=r"KenLM.*\[lm\]"):
-        tr.BeamSearch(DICTIONARY, beam_width=4, lm=lm)
-    tr.BeamSearch(DICTIONARY, beam_width=4)  # no LM: no KenLM needed
+        decode.BeamSearch(DICTIONARY, beam_width=4, lm=lm)
+    decode.BeamSearch(DICTIONARY, beam_width=4)  # no LM: no KenLM needed
     monkeypatch.setitem(sys.modules, "flashlight.lib.text", None)  # not installed
     with pytest.raises(ImportError, match=r"flashlight-text.*\[lm\]"):
-        tr.BeamSearch(DICTIONARY, beam_width=4)
+        decode.BeamSearch(DICTIONARY, beam_width=4)
     with pytest.raises(FileNotFoundError, match="nowhere.arpa"):
-        tr.BeamSearch(DICTIONARY, beam_width=4, lm=tmp_path / "nowhere.arpa")
+        decode.BeamSearch(DICTIONARY, beam_width=4, lm=tmp_path / "nowhere.arpa")
 
 
 # ---------------------------------------------------------------- resampling
@@ -382,10 +383,10 @@ def test_48k_stereo_reads_like_16k_mono(rec: Recognizer, tmp_path: Path) -> None
 
 # ---------------------------------------------------------------- formats
 def test_srt_cues_respect_the_limits() -> None:
-    fast = [tr.Word("AAA", 0.4 * i, 0.4 * i + 0.3) for i in range(12)]  # the 42 characters end a cue
-    slow = [tr.Word("BBB", 7.0 + 0.9 * i, 7.3 + 0.9 * i) for i in range(10)]  # 7 s end a cue; a pause before
-    words = fast + slow + [tr.Word("X" * 50, 20.0, 21.0), tr.Word("LATE", 3725.5, 3726.0)]  # too long; an hour on
-    cues = [c.split("\n") for c in tr.format_srt(words).strip().split("\n\n")]
+    fast = [formats.Word("AAA", 0.4 * i, 0.4 * i + 0.3) for i in range(12)]  # the 42 characters end a cue
+    slow = [formats.Word("BBB", 7.0 + 0.9 * i, 7.3 + 0.9 * i) for i in range(10)]  # 7 s end a cue; a pause before
+    words = fast + slow + [formats.Word("X" * 50, 20.0, 21.0), formats.Word("LATE", 3725.5, 3726.0)]  # too long; an hour on
+    cues = [c.split("\n") for c in formats.format_srt(words).strip().split("\n\n")]
     assert [c[2] for c in cues] == [" ".join(["AAA"] * 10), "AAA AAA", " ".join(["BBB"] * 8), "BBB BBB", "X" * 50, "LATE"]
     assert [int(c[0]) for c in cues] == list(range(1, len(cues) + 1))
     assert cues[0][1] == "00:00:00,000 --> 00:00:03,900" and cues[-1][1] == "01:02:05,500 --> 01:02:06,000"
@@ -469,9 +470,34 @@ def test_bad_files_are_reported_and_the_rest_transcribed(rec: Recognizer, checkp
     assert "error" in records[1] and "error" in records[2]
     for r in (records[0], records[3]):
         assert r["text"] == tr.transcribe_file(rec, r["file"]).text != ""
-    # As text: an empty line stands for each failure, so line k is still input k.
+    # As text: PATH<TAB>TEXT per transcribed input, so each line says which file it is.
     assert cli_main("--model", str(checkpoint), "--out", str(tmp_path / "out.txt"), *map(str, inputs)) == 1
-    assert (tmp_path / "out.txt").read_text().split("\n") == [records[0]["text"], "", "", records[3]["text"], ""]
+    assert (tmp_path / "out.txt").read_text().split("\n") == [
+        f"{inputs[0]}\t{records[0]['text']}", f"{inputs[3]}\t{records[3]['text']}", ""]
+    # What each failure says: no such file, empty, not audio.
+    proc = cli("--model", str(checkpoint), str(tmp_path / "missing.wav"), str(broken), str(empty))
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert f"no such file: {tmp_path / 'missing.wav'}" in proc.stderr
+    assert f"{empty} is empty (0 bytes)" in proc.stderr and "System error" not in proc.stderr
+
+
+def test_a_batch_where_every_input_fails_leaves_nothing(checkpoint: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"not audio" * 10)
+    for out in (tmp_path / "out.txt", tmp_path / "subs", tmp_path / "words.jsonl"):
+        fmt = "json" if out.suffix == ".jsonl" else "srt" if out.name == "subs" else "text"
+        target = f"{out}/" if out.name == "subs" else str(out)
+        assert cli_main("--model", str(checkpoint), "--format", fmt, "--out", target, str(broken)) == 1
+        assert not out.exists() and not Path(f"{out}.tmp").exists()
+
+
+def test_subtitles_as_vtt(tmp_path: Path) -> None:
+    words = [formats.Word("HELLO", 0.5, 0.9), formats.Word("WORLD", 3725.25, 3726.0)]
+    text = formats.render(formats.Transcript("a.wav", "HELLO WORLD", words), "vtt")
+    assert text.startswith("WEBVTT\n\n")
+    assert "00:00:00.500 --> 00:00:00.900\nHELLO\n" in text and "01:02:05.250 --> 01:02:06.000\nWORLD\n" in text
+    srt = formats.format_srt(words)  # the same cues, SRT's numbering and comma
+    assert "1\n00:00:00,500 --> 00:00:00,900\nHELLO\n" in srt and "2\n01:02:05,250 --> 01:02:06,000" in srt
 
 
 def test_a_crash_keeps_what_is_written(rec: Recognizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -489,16 +515,16 @@ def test_a_crash_keeps_what_is_written(rec: Recognizer, tmp_path: Path, monkeypa
     monkeypatch.setattr(tr, "transcribe_file", interrupted)
     out = tmp_path / "out.txt"
     with pytest.raises(KeyboardInterrupt):
-        tr.transcribe_batch(rec, paths, tr.Output("text", out, paths))
+        tr.transcribe_batch(rec, paths, formats.Output("text", out, paths, aligned=True))
     assert out.read_text().splitlines() == [transcribe_file(rec, p).text for p in paths[:2]]
     assert not (tmp_path / "out.txt.tmp").exists()
 
 
 def test_outputs_in_a_directory_need_distinct_names(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="a.txt"):
-        tr.Output("text", f"{tmp_path}/", ["a.wav", "a.flac"])
+        formats.Output("text", f"{tmp_path}/", ["a.wav", "a.flac"])
     with pytest.raises(ValueError, match="--out DIR/"):
-        tr.Output("srt", None, ["a.wav", "b.wav"])
+        formats.Output("srt", None, ["a.wav", "b.wav"])
 
 
 # ---------------------------------------------------------------- memory

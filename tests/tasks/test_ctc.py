@@ -267,6 +267,8 @@ def test_pretrain_finetune_resume_and_evaluate(tiny_corpus: Path, labelled_corpu
     assert result.utterances == 4 and len(result.hypotheses) == 4
     assert all(r["utterances"] == 4 for r in va)  # the same 4 utterances on both sides
     assert result.wer == pytest.approx(best)  # the best checkpoint scores what validation logged
+    with pytest.raises(FileNotFoundError, match=r"no subset 'test_other'.* the labelled subsets there are: train, valid"):
+        evaluate_ctc(one_go / ckpt.BEST, subset="test_other")
 
 
 def test_architecture_from_a_ctc_checkpoint_matches(make_ctc_cfg, tmp_path: Path) -> None:

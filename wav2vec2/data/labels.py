@@ -171,18 +171,18 @@ def _check_symbol(symbol: str, seen: dict[str, int], *, where: str) -> None:
         raise ValueError(f"{where}: symbol {symbol!r} is empty or contains whitespace")
 
 
-def read_label_file(path: str | os.PathLike, *, dictionary: Dictionary, num_lines: int) -> list[list[int]]:
-    """Encode every line of a label file (e.g. train.ltr) that goes with a manifest.
+def read_label_lines(path: str | os.PathLike, *, num_lines: int) -> list[str]:
+    """The lines of a label file (`.ltr`, `.wrd`) that goes with a manifest: the one reader of
+    transcripts, for training (`read_label_file`) and for scoring (`read_references`).
 
     `num_lines` is the manifest's number of entries; line k labels entry k. Trailing blank
-    lines beyond `num_lines` are dropped (a stray final newline); any other blank line is an
-    empty transcript and an error. Errors name "path:line" (1-based).
+    lines beyond `num_lines` are dropped (a stray final newline); a different count is an error.
     """
     path = os.fspath(path)
     # Iterate the file (universal newlines) rather than str.splitlines(), which also splits
     # on \x0b, \x1c, \u2028, ...: fairseq counts label lines the same way we do.
     with open(path, encoding="utf-8") as f:
-        lines = list(f)
+        lines = [line.rstrip("\r\n") for line in f]
     while len(lines) > num_lines and not lines[-1].strip():
         lines.pop()
     if len(lines) != num_lines:
@@ -190,7 +190,30 @@ def read_label_file(path: str | os.PathLike, *, dictionary: Dictionary, num_line
             f"{path}: {len(lines)} label lines but the manifest has {num_lines} entries; a label "
             f"file needs exactly one line per manifest entry, in manifest order"
         )
-    return [dictionary.encode(line, where=f"{path}:{lineno}") for lineno, line in enumerate(lines, start=1)]
+    return lines
+
+
+def read_label_file(path: str | os.PathLike, *, dictionary: Dictionary, num_lines: int) -> list[list[int]]:
+    """Encode every line of a label file (e.g. train.ltr) that goes with a manifest. A blank
+    line is an empty transcript and an error. Errors name "path:line" (1-based)."""
+    lines = read_label_lines(path, num_lines=num_lines)
+    return [dictionary.encode(line, where=f"{os.fspath(path)}:{lineno}") for lineno, line in enumerate(lines, start=1)]
+
+
+def read_references(manifest: str | os.PathLike, *, num_lines: int) -> list[str] | None:
+    """The reference transcripts of a manifest `DIR/subset.tsv` as words joined by single
+    spaces: from `subset.ltr` beside it (letters, `|` between words), else `subset.wrd`
+    (words); None when neither exists."""
+    manifest = os.fspath(manifest)
+    stem = manifest[:-4] if manifest.endswith(".tsv") else manifest
+    for suffix in (".ltr", ".wrd"):
+        labels = stem + suffix
+        if os.path.isfile(labels):
+            lines = read_label_lines(labels, num_lines=num_lines)
+            if suffix == ".ltr":
+                lines = ["".join(line.split()).replace(WORD_BOUNDARY, " ") for line in lines]
+            return [" ".join(line.split()) for line in lines]
+    return None
 
 
 def collate_targets(

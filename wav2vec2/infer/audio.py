@@ -31,10 +31,19 @@ class AudioFile:
     def __init__(self, path: str | os.PathLike, *, sample_rate: int, normalize: bool = False) -> None:
         self.path = os.fspath(path)
         self.sample_rate = sample_rate
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"no such file: {self.path}")
+        if os.path.isdir(self.path):
+            raise IsADirectoryError(f"{self.path} is a directory, not an audio file")
+        if os.path.getsize(self.path) == 0:
+            raise ValueError(f"{self.path} is empty (0 bytes)")
         try:
             info = sf.info(self.path)
-        except Exception as err:  # libsndfile raises several types
-            raise ValueError(f"cannot read audio {self.path}: {err}") from None
+        except Exception as err:  # libsndfile raises several types; "System error." says nothing
+            reason = str(err).split(": ", 1)[-1].strip() or type(err).__name__
+            if reason.rstrip(".") == "System error":
+                reason = "not an audio file soundfile can read"
+            raise ValueError(f"cannot read audio {self.path}: {reason}") from None
         if info.frames == 0:
             raise ValueError(f"{self.path} holds no audio (0 samples)")
         self._tmp: tempfile._TemporaryFileWrapper | None = None

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from wav2vec2.data import LabelledAudioDataset, TokenBudgetBatchSampler, build_dataloader
+from wav2vec2.files import atomic_write
 from wav2vec2.infer.decode import error_counts, greedy_ctc, wer_cer
 from wav2vec2.infer.recognizer import load_recognizer
 
@@ -50,8 +51,13 @@ def evaluate_ctc(
     manifest_dir = manifest_dir or rec.manifest_dir
     if manifest_dir is None:
         raise ValueError(f"{checkpoint}: say which manifests to score (--manifest-dir)")
+    manifest = Path(manifest_dir) / f"{subset}.tsv"
+    if not manifest.is_file():
+        subsets = sorted(p.stem for p in Path(manifest_dir).glob("*.tsv") if p.with_suffix(".ltr").is_file())
+        raise FileNotFoundError(f"no subset {subset!r} in {manifest_dir} (no {manifest.name}); the labelled subsets "
+                                f"there are: {', '.join(subsets) or 'none'} (--subset NAME)")
     dataset = LabelledAudioDataset(
-        Path(manifest_dir) / f"{subset}.tsv", labels_path=Path(manifest_dir) / f"{subset}.ltr",
+        manifest, labels_path=Path(manifest_dir) / f"{subset}.ltr",
         dictionary=rec.dictionary, sample_rate=rec.sample_rate, normalize=rec.normalize,
     )
     # The BASE encoder's first GroupNorm averages over time, zero padding included, so in a
@@ -100,16 +106,10 @@ def main(argv: list[str] | None = None) -> int:
               f"WER {result.wer:.2f}% ({c['word_errors']} errors), CER {result.cer:.2f}% ({c['char_errors']} errors)")
         results[str(path)] = {"wer": result.wer, "cer": result.cer, "utterances": result.utterances, **c}
         if args.hypotheses is not None:
-            _write_atomic(args.hypotheses, "".join(h + "\n" for h in result.hypotheses))
+            atomic_write(args.hypotheses, "".join(h + "\n" for h in result.hypotheses))
     if args.json is not None:
-        _write_atomic(args.json, json.dumps({"subset": args.subset, "results": results}, indent=1) + "\n")
+        atomic_write(args.json, json.dumps({"subset": args.subset, "results": results}, indent=1) + "\n")
     return 0
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 if __name__ == "__main__":
