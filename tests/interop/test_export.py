@@ -222,6 +222,9 @@ def runner_run(exported, audio_files) -> subprocess.CompletedProcess:
 
 
 def test_runner_transcript_equals_our_greedy_transcript(exported, audio_files, runner_run) -> None:
+    """The runner's text is scripts/transcribe.py's (the same windows, the same greedy decoding)."""
+    from wav2vec2.infer.transcribe import transcribe_file
+
     rec, _ = exported
     assert runner_run.returncode == 0, runner_run.stderr[-2000:]
     lines = runner_run.stdout.splitlines()
@@ -229,7 +232,7 @@ def test_runner_transcript_equals_our_greedy_transcript(exported, audio_files, r
     for line, path in zip(lines, audio_files):
         name, text = line.split("\t")
         assert name == str(path)
-        expected = our_transcript(rec, path)
+        expected = transcribe_file(rec, path).text
         assert expected, "the tiny model should emit letters"
         assert text == expected
 
@@ -249,7 +252,35 @@ def test_runner_single_file_prints_only_the_transcript(exported, audio_files) ->
     proc = subprocess.run([sys.executable, str(RUNNER), str(path), str(audio_files[0])],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout == our_transcript(rec, audio_files[0]) + "\n"
+    from wav2vec2.infer.transcribe import transcribe_file
+
+    assert proc.stdout == transcribe_file(rec, audio_files[0]).text + "\n"
+
+
+def test_runner_windows_a_long_file_as_transcribe_does(exported, tmp_path: Path) -> None:
+    """Read and run in windows (here 0.5 s kept, 0.2 s of context, on 8 s of 8 kHz audio): the
+    text equals scripts/transcribe.py's with the same windows, not a one-pass transcript."""
+    from wav2vec2.infer.transcribe import transcribe_file
+
+    rec, path = exported
+    long = tmp_path / "long.flac"
+    sf.write(long, speechlike(64000, seed=11, rate=8000), 8000)
+    proc = subprocess.run([sys.executable, str(RUNNER), str(path), str(long), "--window", "0.5", "--context", "0.2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    windowed = transcribe_file(rec, long, window=0.5, context=0.2).text
+    assert proc.stdout == windowed + "\n" and windowed != transcribe_file(rec, long, window=30.0).text
+
+
+def test_runner_without_soxr_says_what_to_install(exported, audio_files, tmp_path: Path) -> None:
+    _, path = exported
+    (tmp_path / "soxr.py").write_text("raise ImportError('no soxr here')\n")  # shadows the real one
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, str(RUNNER), str(path), str(audio_files[1])], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"error: {audio_files[1]} is at 8000 Hz and the model wants 16000 Hz: "
+                                   "resampling needs soxr (pip install soxr)")
 
 
 def test_runner_refuses_audio_shorter_than_two_frames(exported, tmp_path: Path) -> None:
