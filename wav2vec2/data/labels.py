@@ -25,6 +25,8 @@ from collections.abc import Iterable
 
 import torch
 
+from wav2vec2.files import atomic_write
+
 SPECIALS = ("<blank>", "<pad>", "</s>", "<unk>")  # indices 0..3
 BLANK, PAD, EOS, UNK = 0, 1, 2, 3
 WORD_BOUNDARY = "|"
@@ -152,13 +154,9 @@ class Dictionary:
         return " ".join(text.split())
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write a dict.ltr.txt that `load` reads back equal (atomic: tmp file + rename)."""
-        path = os.fspath(path)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for symbol, count in zip(self.symbols[len(SPECIALS):], self.counts[len(SPECIALS):]):
-                f.write(f"{symbol} {count}\n")
-        os.replace(tmp, path)
+        """Write a dict.ltr.txt that `load` reads back equal (atomically: `wav2vec2.files.atomic_write`)."""
+        pairs = zip(self.symbols[len(SPECIALS):], self.counts[len(SPECIALS):])
+        atomic_write(path, "".join(f"{symbol} {count}\n" for symbol, count in pairs))
 
 
 def _check_symbol(symbol: str, seen: dict[str, int], *, where: str) -> None:

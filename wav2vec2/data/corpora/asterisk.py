@@ -38,6 +38,7 @@ import numpy as np
 import soundfile as sf
 
 from wav2vec2.data.manifest import read_manifest, write_manifest
+from wav2vec2.files import atomic_output, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def extract_debs(debs: list[str], extract_dir: str) -> None:
         result = subprocess.run(["dpkg-deb", "-x", deb, extract_dir], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"dpkg-deb -x {deb} failed: {result.stderr.strip()}")
-        open(marker, "w").close()
+        atomic_write(marker, "")
 
 
 def read_transcripts(path: str) -> dict[str, str]:
@@ -222,11 +223,8 @@ def prepare_asterisk(
 
 
 def _write_lines(path: str, lines: list[str]) -> None:
-    """One line per item, atomically (tmp file + rename), so a crash never leaves half a file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
+    """One line per item, atomically (`wav2vec2.files.atomic_write`): never half a file."""
+    atomic_write(path, "".join(line + "\n" for line in lines))
 
 
 def _write_dict(path: str, ltr_lines: list[str]) -> None:
@@ -241,9 +239,8 @@ def _decode_once(src: str, dst: str) -> int:
         return sf.info(dst).frames
     pcm = decode_g722(src)
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    tmp = dst + ".tmp.flac"
-    sf.write(tmp, pcm, SAMPLE_RATE, subtype="PCM_16")
-    os.replace(tmp, dst)  # atomic: an interrupted run never leaves a half-written file
+    with atomic_output(dst) as tmp:  # an interrupted run never leaves a half-written file
+        sf.write(tmp, pcm, SAMPLE_RATE, subtype="PCM_16", format="FLAC")  # tmp's name ends in .tmp
     return len(pcm)
 
 
@@ -333,8 +330,8 @@ def make_finetune_splits(
     its minutes, until no letter is missing (forced groups count toward the minutes; train
     overshoots only if they alone exceed them). If no group left has the letter, this
     raises rather than move a group out of test, which would leave test short of its
-    minutes. Everything is checked before anything is written, and each file is written to
-    a tmp file and renamed.
+    minutes. Everything is checked before anything is written, and each file is written
+    atomically.
 
     Prompts longer than `max_seconds` (a few of 30 s) take no part in fine-tuning or its
     test, only in pretraining: one of them would set the batch budget (`data.max_tokens`)
