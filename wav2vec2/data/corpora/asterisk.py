@@ -10,6 +10,7 @@ nothing is installed system-wide. Output, as fairseq's fine-tuning recipe expect
     OUT/{train,valid}.tsv             manifests (root = OUT/audio)
     OUT/{train,valid}.wrd / .ltr      words / letters ("H I | T H E R E |"), line-aligned
     OUT/dict.ltr.txt                  letter counts over train, most frequent first
+    OUT/excluded.tsv                  every file left out: path, reason, its transcript line
 
 Every step is cached: .debs, extraction and decoded files are reused when present.
 Transcript text becomes words in `text.py`, words become .ltr lines in `labels.py`.
@@ -27,6 +28,7 @@ import gzip
 import logging
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -36,7 +38,7 @@ import numpy as np
 import soundfile as sf
 
 from wav2vec2.data.corpora.splits import make_finetune_splits
-from wav2vec2.data.corpora.text import normalize_transcript
+from wav2vec2.data.corpora.text import NUMBER, normalize_transcript
 from wav2vec2.data.labels import Dictionary, letters, write_label_lines
 from wav2vec2.data.manifest import write_manifest
 from wav2vec2.files import atomic_output, atomic_write
@@ -114,6 +116,42 @@ def decode_g722(path: str) -> np.ndarray:
     return pcm
 
 
+# What the preparation leaves out, beyond text.py's reasons (NUMBER, NOT_SPEECH, KEYPAD_SYMBOL).
+# A reference that is not what the audio says cannot be matched by any model: it costs every
+# WER/CER reported and teaches the model to emit letters where nobody speaks.
+NO_TRANSCRIPT = "no transcript"  # a .g722 file that core-sounds-XX.txt does not list
+DESCRIBES_A_SOUND = "describes a sound"  # the line names a tone, in words that are not notes
+MERGED_LINES = "merged transcript lines"  # the line runs on into other prompts' `name: text`
+NEAR_SILENT = "near-silent audio"  # RMS below NEAR_SILENT_DBFS, whatever its transcript
+
+# Prompts whose line describes a sound in plain words, where text.py's notes rule (brackets)
+# cannot see it; found by reading the kept transcripts whose letters per second were far
+# above their language's (50-63 for a median of 13). The audio agrees: 0.4 s, as tonal as
+# the bracketed beeps (spectral flatness under 0.001).
+# {lang/name: its line, for the reader}
+SOUND_DESCRIPTIONS = {
+    "it/beep": "un suono beep",
+    "it/beeperr": "un suono beep di errore",
+    "it/confbridge-join": "un suono di beep ascendente",
+    "it/confbridge-leave": "un suono di beep discendente",
+}
+# Lines whose parentheses quote words the voice says (the English prompts have them in
+# quotes: 'a polite "don't call" menu'), so text.py must keep them, not drop them as notes.
+SPOKEN_PARENTHESES = {"fr/priv-callee-options", "fr/screen-callee-options"}
+# Below this RMS a file holds no speech. The packages' 2,831 files are bimodal: the 50
+# XX/silence/{1..10} files at -80 dBFS (and ru/is, 0 bytes), every other one at -32 dBFS or
+# louder (a beep; the quietest speech, ru/with "с", is at -27.5): 20 dB clear of both.
+# Today the notes rule already excludes every silent file that has a transcript; this
+# catches silent audio whatever its line says.
+NEAR_SILENT_DBFS = -60.0
+
+
+def level_dbfs(pcm: np.ndarray) -> float:
+    """RMS level of int16 samples in dB relative to full scale (-inf for digital silence)."""
+    rms = float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64)))) if len(pcm) else 0.0
+    return 20 * np.log10(rms / 32768) if rms > 0 else float("-inf")
+
+
 @dataclass
 class Utterance:
     relpath: str  # under OUT/audio
@@ -122,27 +160,54 @@ class Utterance:
 
 
 @dataclass
+class Excluded:
+    """A file the corpus leaves out, and why; OUT/excluded.tsv lists every one."""
+
+    relpath: str  # where it would be under OUT/audio
+    reason: str
+    detail: str  # the transcript line as written, and the audio level when measured
+
+
+@dataclass
 class AsteriskSummary:
     per_language: dict[str, tuple[int, float]] = field(default_factory=dict)  # lang -> (utts, seconds)
-    skipped: collections.Counter = field(default_factory=collections.Counter)
+    excluded: list[Excluded] = field(default_factory=list)
     num_train: int = 0
     num_valid: int = 0
+    excluded_path: str = ""
+
+    @property
+    def skipped(self) -> collections.Counter:
+        """Excluded files per reason."""
+        return collections.Counter(e.reason for e in self.excluded)
 
     def __str__(self) -> str:
         total = sum(n for n, _ in self.per_language.values())
         hours = sum(s for _, s in self.per_language.values()) / 3600
         langs = ", ".join(f"{k}: {n} ({s / 60:.1f} min)" for k, (n, s) in self.per_language.items())
-        skipped = ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped.items())) or "none"
-        return (
-            f"{total} utterances, {hours:.2f} h ({self.num_train} train, {self.num_valid} valid)\n"
-            f"  {langs}\n  skipped: {skipped}"
-        )
+        counts = ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped.items())) or "none"
+        lines = [f"{total} utterances, {hours:.2f} h ({self.num_train} train, {self.num_valid} valid)",
+                 f"  {langs}", f"  excluded {len(self.excluded)} files: {counts}"]
+        if self.excluded_path:
+            lines[-1] += f" (each with its reason in {self.excluded_path})"
+        # The bulk reasons are mechanical (no line at all, a number we do not spell); the
+        # others are judgements on content, shown file by file.
+        lines += [f"    {e.relpath}: {e.reason}: {e.detail}" for e in self.excluded
+                  if e.reason not in (NO_TRANSCRIPT, NUMBER)]
+        return "\n".join(lines)
 
 
 def prepare_asterisk(
     out: str, *, languages: tuple[str, ...] | list[str] = LANGUAGES, valid_percent: float = 0.05, seed: int = 1
 ) -> AsteriskSummary:
-    """Download, decode and write the corpus under `out` (see module docstring)."""
+    """Download, decode and write the corpus under `out` (see module docstring).
+
+    Every .g722 file either becomes an utterance or is listed in OUT/excluded.tsv with its
+    reason (`transcript_problem`, then NEAR_SILENT once decoded). As in build_manifest, a
+    file goes to valid when its `random.Random(seed).random()` draw is <= valid_percent,
+    one draw per file found, kept or not: leaving a file out never moves another one
+    between train and valid.
+    """
     for lang in languages:
         if lang not in LANGUAGES:
             raise ValueError(f"language {lang!r} not available; choose from {', '.join(LANGUAGES)}")
@@ -151,8 +216,9 @@ def prepare_asterisk(
     extract_debs(download_debs(languages, os.path.join(out, "debs")), extract_dir)
     sounds = os.path.join(extract_dir, "usr", "share", "asterisk", "sounds")
 
-    summary = AsteriskSummary()
-    utterances: list[Utterance] = []
+    summary = AsteriskSummary(excluded_path=os.path.join(out, "excluded.tsv"))
+    splits: dict[str, list[Utterance]] = {"train": [], "valid": []}
+    rand = random.Random(seed)
     for lang in languages:
         doc = os.path.join(extract_dir, "usr", "share", "doc", f"asterisk-core-sounds-{lang}")
         transcripts = read_transcripts(os.path.join(doc, f"core-sounds-{lang}.txt.gz"))
@@ -162,24 +228,23 @@ def prepare_asterisk(
         count, seconds = 0, 0.0
         for voice in voices:
             for path in sorted(glob.glob(os.path.join(voice, "**", "*.g722"), recursive=True)):
+                split = "valid" if rand.random() <= valid_percent else "train"
                 name = os.path.relpath(path, voice)[: -len(".g722")]
-                if name not in transcripts:
-                    summary.skipped["no transcript"] += 1
-                    continue
-                words, reason = normalize_transcript(transcripts[name], lang)
-                if words is None:
-                    summary.skipped[reason] += 1
-                    continue
                 rel = os.path.join(lang, name + ".flac")
-                num_samples = _decode_once(path, os.path.join(out, "audio", rel))
-                utterances.append(Utterance(rel, num_samples, words))
-                count, seconds = count + 1, seconds + num_samples / SAMPLE_RATE
+                text = transcripts.get(name)
+                words, reason = transcript_problem(lang, name, text, transcripts)
+                if words is None:
+                    summary.excluded.append(Excluded(rel, reason, "" if text is None else text))
+                    continue
+                pcm = _decoded(path, os.path.join(out, "audio", rel))
+                level = level_dbfs(pcm)
+                if level < NEAR_SILENT_DBFS:
+                    summary.excluded.append(Excluded(rel, NEAR_SILENT, f"{level:.1f} dBFS RMS: {text}"))
+                    continue
+                splits[split].append(Utterance(rel, len(pcm), words))
+                count, seconds = count + 1, seconds + len(pcm) / SAMPLE_RATE
         summary.per_language[lang] = (count, seconds)
 
-    rand = random.Random(seed)
-    splits: dict[str, list[Utterance]] = {"train": [], "valid": []}
-    for utt in utterances:
-        splits["valid" if rand.random() <= valid_percent else "train"].append(utt)
     summary.num_train, summary.num_valid = len(splits["train"]), len(splits["valid"])
     audio_root = os.path.join(out, "audio")
     for split, utts in splits.items():
@@ -187,18 +252,39 @@ def prepare_asterisk(
         write_label_lines(os.path.join(out, f"{split}.wrd"), [" ".join(u.words) for u in utts])
         write_label_lines(os.path.join(out, f"{split}.ltr"), [letters(u.words) for u in utts])
     Dictionary.from_label_lines(letters(u.words) for u in splits["train"]).save(os.path.join(out, "dict.ltr.txt"))
+    atomic_write(summary.excluded_path, "".join(
+        "\t".join(" ".join(col.split()) for col in (e.relpath, e.reason, e.detail)) + "\n"
+        for e in summary.excluded))
     return summary
 
 
-def _decode_once(src: str, dst: str) -> int:
-    """Decode src to dst unless dst exists; returns its number of samples."""
+def transcript_problem(lang: str, name: str, text: str | None,
+                       transcripts: dict[str, str]) -> tuple[list[str] | None, str]:
+    """(words, "") for a usable transcript line, else (None, reason); `transcripts` is the
+    language's whole file, to recognise a line that runs on into other prompts' lines."""
+    if text is None:
+        return None, NO_TRANSCRIPT
+    key = f"{lang}/{name}"
+    if key in SOUND_DESCRIPTIONS:
+        return None, DESCRIBES_A_SOUND
+    # "...appuyez sur dièse.vm-review-nonurgent: Pour enlever...": the transcript file lost
+    # a line break, and the audio holds only the first prompt.
+    if any(other in transcripts and other != name for other in re.findall(r"([\w/-]+):\s", text)):
+        return None, MERGED_LINES
+    return normalize_transcript(text, lang, spoken_parentheses=key in SPOKEN_PARENTHESES)
+
+
+def _decoded(src: str, dst: str) -> np.ndarray:
+    """int16 samples of src, decoded once: dst (FLAC) is written the first time, then read.
+    Shape: (L,)."""
     if os.path.exists(dst):
-        return sf.info(dst).frames
+        return sf.read(dst, dtype="int16")[0]
     pcm = decode_g722(src)
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    with atomic_output(dst) as tmp:  # an interrupted run never leaves a half-written file
-        sf.write(tmp, pcm, SAMPLE_RATE, subtype="PCM_16", format="FLAC")  # tmp's name ends in .tmp
-    return len(pcm)
+    if level_dbfs(pcm) >= NEAR_SILENT_DBFS:  # only files that become utterances are written
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        with atomic_output(dst) as tmp:  # an interrupted run never leaves a half-written file
+            sf.write(tmp, pcm, SAMPLE_RATE, subtype="PCM_16", format="FLAC")  # tmp's name ends in .tmp
+    return pcm
 
 
 def main(argv: list[str] | None = None) -> int:
