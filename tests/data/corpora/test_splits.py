@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import collections
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,3 +241,29 @@ def test_long_prompts_are_only_pretrained_on(tmp_path):
     assert summary.unused.num_utterances >= len(long_en)
     with pytest.raises(ValueError, match="max_seconds"):
         make_finetune_splits(corpus_dir, str(tmp_path / "x"), max_seconds=0, **_BUDGETS)
+
+
+def test_help_gives_the_route_to_finetuning(capsys):
+    """--help says what --finetune-splits writes and how to fine-tune on it, in the same
+    commands scripts/finetune_demo.sh runs (not a function name to go and read)."""
+    with pytest.raises(SystemExit) as exit_:
+        asterisk.main(["--help"])
+    assert exit_.value.code == 0
+    shown = " ".join(capsys.readouterr().out.replace("\\\n", " ").split())
+    for needle in ("DIR/finetune_LANG/", "DIR/pretrain/", "10 min", "dev 2 min", "test 4 min", "excluded.tsv",
+                   "scripts/finetune_demo.sh", "python -m wav2vec2.infer.evaluate"):
+        assert needle in shown
+    assert "make_finetune_splits" not in shown
+    script = (Path(__file__).resolve().parents[3] / "scripts" / "finetune_demo.sh").read_text()
+    assert "DATA=${W2V_DATA:-data/asterisk}" in script and "SPLITS=${DATA}-lowres" in script
+    pairs = [  # (what the script runs, what the help shows), with SPLITS = data/asterisk-lowres
+        ('prepare_asterisk.py --out "$DATA" --finetune-splits "$SPLITS"',
+         "prepare_asterisk.py --out data/asterisk --finetune-splits data/asterisk-lowres"),
+        ('--config-name demo data.manifest_dir="$SPLITS/pretrain"',
+         "--config-name demo data.manifest_dir=data/asterisk-lowres/pretrain"),
+        ('--config-name ctc_demo data.manifest_dir="$SPLITS/finetune_en"',
+         "--config-name ctc_demo data.manifest_dir=data/asterisk-lowres/finetune_en"),
+        ("PRETRAIN_UPDATES=${W2V_PRETRAIN_UPDATES:-5000}", "optim.max_update=5000 run_dir=runs/ft/pretrain"),
+    ]
+    for in_script, in_help in pairs:
+        assert in_script in script and in_help in shown
