@@ -268,7 +268,8 @@ def transcript_problem(lang: str, name: str, text: str | None,
     if key in SOUND_DESCRIPTIONS:
         return None, DESCRIBES_A_SOUND
     # "...appuyez sur dièse.vm-review-nonurgent: Pour enlever...": the transcript file lost
-    # a line break, and the audio holds only the first prompt.
+    # a line break. The audio fits the first prompt only: with the rest, its letters per
+    # second would be about twice its language's median.
     if any(other in transcripts and other != name for other in re.findall(r"([\w/-]+):\s", text)):
         return None, MERGED_LINES
     return normalize_transcript(text, lang, spoken_parentheses=key in SPOKEN_PARENTHESES)
