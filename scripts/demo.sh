@@ -1,17 +1,35 @@
 #!/usr/bin/env bash
-# The demo: pretrain a small wav2vec 2.0 on real speech on this CPU, in a few minutes.
+# usage: bash scripts/demo.sh [HYDRA_OVERRIDE ...]
+#
+# The demo: pretrain a small wav2vec 2.0 on real speech on this CPU, in about 5 minutes
+# from a fresh clone (install and download included; README.md has the measurement).
 #
 #   bash scripts/demo.sh                      # everything, from a fresh checkout
 #   bash scripts/demo.sh optim.max_update=400 # extra arguments are Hydra overrides
 #
-# 1. installs the project into ./.venv (skipped when W2V_PYTHON names a ready interpreter);
-# 2. prepares the Asterisk prompts corpus (5 languages, ~1.9 h; Debian packages) in
+# 1. installs the project into ./.venv with scripts/setup_env.sh (skipped when W2V_PYTHON
+#    names a ready interpreter);
+# 2. prepares the Asterisk prompts corpus (5 languages, ~1.8 h; Debian packages) in
 #    $W2V_DATA (default data/asterisk), cached across runs;
 # 3. trains configs/demo.yaml into $W2V_RUN (default runs/demo), printing a progress line
 #    every 10 updates; rerunning resumes, so delete the directory to start over;
 # 4. prints a verdict on the run's health and writes $W2V_RUN/curves.png next to the
 #    TensorBoard logs in $W2V_RUN/tb. Exit status 1 if the run did not learn.
+#
+# Environment: W2V_PYTHON, W2V_DATA, W2V_RUN as above; OMP_NUM_THREADS (default 2);
+# PYTHON and W2V_TORCH_INDEX for the install (see bash scripts/setup_env.sh --help).
+# -h, --help prints this and does nothing else.
 set -euo pipefail
+usage() { sed -n '2,/^set -euo pipefail$/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+refuse() { echo "demo.sh: $1" >&2; usage >&2; exit 2; }
+for arg in "$@"; do case $arg in -h|--help) usage; exit 0 ;; esac; done
+for arg in "$@"; do  # checked before anything starts: Hydra would only say so after the install
+    case $arg in
+        -*) refuse "unknown option $arg" ;;
+        *=*|~*) ;;
+        *) refuse "$arg is not a Hydra override (key=value, +key=value, ~key)" ;;
+    esac
+done
 cd "$(dirname "$0")/.."
 DATA=${W2V_DATA:-data/asterisk}
 RUN=${W2V_RUN:-runs/demo}

@@ -1,22 +1,36 @@
 #!/usr/bin/env bash
+# usage: bash scripts/finetune_demo.sh      (no arguments; the environment below adjusts it)
+#
 # Does pretraining make a little labelled speech go further? The paper's claim at this
-# project's scale, on real speech, on a CPU, in under an hour.
+# project's scale, on real speech, on a CPU: about half an hour on 2 cores (31.5 min
+# measured, docs/finetuning.md).
 #
-#   bash scripts/finetune_demo.sh              # everything, from a fresh checkout
-#
-# 1. installs the project into ./.venv (skipped when W2V_PYTHON names a ready interpreter);
+# 1. installs the project into ./.venv with scripts/setup_env.sh (skipped when W2V_PYTHON
+#    names a ready interpreter);
 # 2. prepares the Asterisk prompts (5 languages; Debian packages) in $W2V_DATA (default
 #    data/asterisk) and the low-resource splits in $W2V_DATA-lowres: English test (4 min)
 #    and dev (2 min) prompts, a 10-minute English training split with none of their
-#    sentences, and every other utterance as unlabelled pretraining audio;
+#    sentences, and every other utterance as unlabelled pretraining audio
+#    (scripts/prepare_asterisk.py --help says more);
 # 3. pretrains configs/demo.yaml on that unlabelled audio (all five languages), 5,000
 #    updates instead of the demo's 1,200;
 # 4. fine-tunes configs/ctc_demo.yaml on the 10 English minutes twice, side by side on the
 #    two cores and with the same updates: from the pretrained model, and from random weights;
 # 5. scores each run's best checkpoint (by dev CER) on the test prompts and prints both.
-# Runs go to $W2V_RUN (default runs/finetune_demo); rerunning resumes or reuses them.
-# W2V_PRETRAIN_UPDATES / W2V_FINETUNE_UPDATES shorten it (the tests run a few of each).
+#
+# Environment: W2V_PYTHON, W2V_DATA as above; W2V_RUN, where the runs go (default
+# runs/finetune_demo; rerunning resumes or reuses them); W2V_PRETRAIN_UPDATES (default
+# 5000) and W2V_FINETUNE_UPDATES (default 8000) shorten it (the tests run a few of each);
+# PYTHON and W2V_TORCH_INDEX for the install (see bash scripts/setup_env.sh --help).
+# -h, --help prints this and does nothing else.
 set -euo pipefail
+usage() { sed -n '2,/^set -euo pipefail$/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+for arg in "$@"; do case $arg in -h|--help) usage; exit 0 ;; esac; done
+if [ $# -gt 0 ]; then
+    echo "finetune_demo.sh: takes no arguments, got: $*" >&2
+    usage >&2
+    exit 2
+fi
 cd "$(dirname "$0")/.."
 DATA=${W2V_DATA:-data/asterisk}
 SPLITS=${DATA}-lowres

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Creates ./.venv (if missing) and installs the project into it, with the extras given as
-# arguments (e.g. "dev"). PyTorch first, pinned, so nothing else pulls a different build:
+# usage: bash scripts/setup_env.sh [EXTRA ...]
+#
+# Creates ./.venv (if missing) and installs the project into it, editable, with the extras
+# given as arguments (those of setup.cfg's [options.extras_require]: dev, hf, export, ...).
+# PyTorch first, pinned, so nothing else pulls a different build:
 #
 #   bash scripts/setup_env.sh dev                     # the CPU build of torch 2.13.0
 #   W2V_TORCH_INDEX=https://download.pytorch.org/whl/cu126 bash scripts/setup_env.sh
@@ -8,8 +11,24 @@
 #
 # The CPU build is torch==2.13.0+cpu: taken from the local wheel cache when there is one,
 # else from PyTorch's CPU index (PyPI's plain `torch` is the multi-GB CUDA build).
+# The first run downloads and installs PyTorch and the dependencies (it is part of the
+# ~5 minutes scripts/demo.sh takes from a fresh clone, README.md); later runs only let pip
+# check what is there.
+#
+# Environment: PYTHON, the interpreter that creates .venv (default python3);
+# W2V_TORCH_INDEX, a PyTorch wheel index for another build (default: the CPU build).
+# -h, --help prints this and does nothing else.
 set -euo pipefail
+usage() { sed -n '2,/^set -euo pipefail$/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+refuse() { echo "setup_env.sh: $1" >&2; usage >&2; exit 2; }
+for arg in "$@"; do case $arg in -h|--help) usage; exit 0 ;; esac; done
 cd "$(dirname "$0")/.."
+known=$(awk '/^\[/ { section = $0; next }
+             section == "[options.extras_require]" && /^[A-Za-z0-9_-]+ *=/ { sub(/ *=.*/, ""); print }' setup.cfg)
+for arg in "$@"; do  # checked before anything starts: pip only warns about an unknown extra
+    case $arg in -*) refuse "unknown option $arg" ;; esac
+    grep -qx -- "$arg" <<<"$known" || refuse "unknown extra '$arg'; setup.cfg has: $(paste -sd ' ' <<<"$known")"
+done
 PY=${PYTHON:-python3}
 TORCH_VERSION=2.13.0
 if [ ! -x .venv/bin/python ]; then

@@ -1,7 +1,21 @@
 #!/usr/bin/env bash
-# Sets up ./.venv with the dev extra and runs the test suite. Extra arguments go to pytest,
-# e.g. `scripts/test.sh -m "slow or not slow"` for the full suite CI runs.
+# usage: bash scripts/test.sh [PYTEST_ARGUMENT ...]
+#
+# Sets up ./.venv with the dev extra (bash scripts/setup_env.sh dev) and runs the test suite
+# in it. Every argument but -h/--help goes to pytest, e.g.
+#
+#   bash scripts/test.sh                          # the default suite: a few minutes on 2 cores
+#   bash scripts/test.sh -m "slow or not slow"    # plus the slow integration tests, as CI runs
+#   bash scripts/test.sh tests/data -x            # one directory, stop at the first failure
+#
+# pytest's own help: .venv/bin/python -m pytest --help (once .venv exists).
+# The first run installs PyTorch and the dev dependencies first (see setup_env.sh --help).
+#
+# Environment: PYTHON and W2V_TORCH_INDEX for the install (see bash scripts/setup_env.sh --help).
+# -h, --help prints this and does nothing else.
 set -euo pipefail
+usage() { sed -n '2,/^set -euo pipefail$/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+for arg in "$@"; do case $arg in -h|--help) usage; exit 0 ;; esac; done
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh dev
 exec .venv/bin/python -m pytest "$@"

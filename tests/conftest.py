@@ -41,7 +41,7 @@ def write_transcripts(root: Path, num_train: int, num_valid: int, *, seed: int =
 
     import numpy as np
 
-    from wav2vec2.data.corpora.asterisk import letters
+    from wav2vec2.data.labels import letters
 
     rng = np.random.default_rng(seed)
     phrases = [list(rng.choice(_WORDS, size=int(rng.integers(1, 3)))) for _ in range(num_train + num_valid)]

@@ -14,10 +14,12 @@ from wav2vec2.data.labels import (
     WORD_BOUNDARY,
     Dictionary,
     collate_targets,
+    letters,
     read_label_file,
+    write_label_lines,
 )
 
-# A dict.ltr.txt as asterisk.py writes it: most frequent first, "|" and "'" included.
+# A dict.ltr.txt as the corpora write it: most frequent first, "|" and "'" included.
 DICT_TEXT = "| 120\nE 80\nT 60\nH 40\nR 30\nI 20\n' 5\nS 4\nO 3\nN 2\n"
 LINE = "H I | T H E R E | I T ' S | N O T | "
 
@@ -179,6 +181,33 @@ def test_read_label_file_counts_lines_like_fairseq(d, tmp_path):
     path = tmp_path / "train.ltr"
     path.write_text("H I |\nT\u2028E |\n", encoding="utf-8")
     assert read_label_file(path, dictionary=d, num_lines=2) == [[7, 9, 4], [6, 5, 4]]
+
+
+def test_letters_is_fairseq_ltr_and_words_reads_it_back():
+    line = letters(["HI", "IT'S", "ÉTÉ"])
+    assert line == "H I | I T ' S | É T É |"
+    d = Dictionary.from_label_lines([line])
+    assert d.words(d.encode(line, where="t")) == "HI IT'S ÉTÉ"
+
+
+def test_from_label_lines_counts_most_frequent_first(tmp_path):
+    d = Dictionary.from_label_lines(["B A |", "A C |", "B A |"])
+    # A 3, | 3, B 2, C 1: ties in symbol order ("A" < "|"), so the file is reproducible.
+    assert d.symbols[len(SPECIALS):] == ["A", "|", "B", "C"] and d.counts[len(SPECIALS):] == [3, 3, 2, 1]
+    d.save(tmp_path / "dict.ltr.txt")
+    assert (tmp_path / "dict.ltr.txt").read_text() == "A 3\n| 3\nB 2\nC 1\n"
+
+
+def test_write_label_lines(tmp_path, d):
+    path = tmp_path / "train.ltr"
+    write_label_lines(path, [LINE, "H I |"])
+    assert path.read_text(encoding="utf-8") == LINE + "\nH I |\n"
+    assert read_label_file(path, dictionary=d, num_lines=2)[1] == [d.index("H"), d.index("I"), d.index("|")]
+    for bad in ("H I |\nT H E |", "H I |\r"):  # would shift every later label by a line
+        with pytest.raises(ValueError, match="line 2 .* line break"):
+            write_label_lines(path, ["H I |", bad])
+    assert path.read_text(encoding="utf-8") == LINE + "\nH I |\n"  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dict.ltr.txt", "train.ltr"]  # no .tmp left
 
 
 def test_collate_targets():

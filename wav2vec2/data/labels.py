@@ -1,6 +1,7 @@
 """Letter labels for CTC fine-tuning, in fairseq's layout and index convention.
 
-Layout (fairseq's wav2vec 2.0 fine-tuning recipe; `wav2vec2/data/corpora/asterisk.py` writes it):
+Layout (fairseq's wav2vec 2.0 fine-tuning recipe; `wav2vec2/data/corpora/` writes it with
+`letters`, `write_label_lines` and `Dictionary.from_label_lines` below):
 
     {split}.tsv     manifest: root dir, then `relpath<TAB>num_samples` per utterance
     {split}.ltr     one transcript per manifest entry, same order: letters separated by
@@ -20,10 +21,13 @@ transcript is an error (CTC with an empty target only learns to emit blanks).
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Iterable
 
 import torch
+
+from wav2vec2.files import atomic_write
 
 SPECIALS = ("<blank>", "<pad>", "</s>", "<unk>")  # indices 0..3
 BLANK, PAD, EOS, UNK = 0, 1, 2, 3
@@ -86,6 +90,14 @@ class Dictionary:
     def from_symbols(cls, symbols: list[str]) -> Dictionary:
         """Dictionary over `symbols` (without the specials), each with count 1."""
         return cls(symbols, [1] * len(symbols), where="Dictionary.from_symbols")
+
+    @classmethod
+    def from_label_lines(cls, lines: Iterable[str]) -> Dictionary:
+        """The dict.ltr.txt of these .ltr lines: every symbol with its count, most frequent
+        first, ties in symbol order (so the same lines always give the same file)."""
+        counts = collections.Counter(symbol for line in lines for symbol in line.split())
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return cls([s for s, _ in ranked], [n for _, n in ranked], where="Dictionary.from_label_lines")
 
     def __len__(self) -> int:
         return len(self.symbols)
@@ -152,13 +164,26 @@ class Dictionary:
         return " ".join(text.split())
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write a dict.ltr.txt that `load` reads back equal (atomic: tmp file + rename)."""
-        path = os.fspath(path)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for symbol, count in zip(self.symbols[len(SPECIALS):], self.counts[len(SPECIALS):]):
-                f.write(f"{symbol} {count}\n")
-        os.replace(tmp, path)
+        """Write a dict.ltr.txt that `load` reads back equal (atomically: `wav2vec2.files.atomic_write`)."""
+        pairs = zip(self.symbols[len(SPECIALS):], self.counts[len(SPECIALS):])
+        atomic_write(path, "".join(f"{symbol} {count}\n" for symbol, count in pairs))
+
+
+def letters(words: list[str]) -> str:
+    """The .ltr line of a transcript's words: letters separated by spaces, `|` after every
+    word (["HI", "THERE"] -> "H I | T H E R E |"); `Dictionary.words` reads it back."""
+    return " ".join(" ".join(w) + f" {WORD_BOUNDARY}" for w in words)
+
+
+def write_label_lines(path: str | os.PathLike, lines: list[str]) -> None:
+    """Write a label file (.ltr, .wrd), one line per manifest entry, atomically.
+
+    Raises ValueError, before writing anything, for a line break inside a line: it would
+    shift every later label onto the wrong utterance."""
+    for i, line in enumerate(lines, start=1):
+        if any(c in line for c in "\n\r"):
+            raise ValueError(f"{os.fspath(path)}: line {i} {line!r} contains a line break")
+    atomic_write(path, "".join(line + "\n" for line in lines))
 
 
 def _check_symbol(symbol: str, seen: dict[str, int], *, where: str) -> None:

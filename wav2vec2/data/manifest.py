@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import soundfile as sf
 
+from wav2vec2.files import atomic_write
+
 logger = logging.getLogger(__name__)
 
 Entry = tuple[str, int]  # (path relative to root, number of samples)
@@ -69,7 +71,7 @@ def _split_lines(text: str) -> list[str]:
 
 
 def write_manifest(path: str | os.PathLike, root: str, entries: list[Entry]) -> None:
-    """Write a fairseq manifest atomically (tmp file + rename).
+    """Write a fairseq manifest atomically (`wav2vec2.files.atomic_write`).
 
     Raises ValueError, before writing anything, for what `read_manifest` could not read
     back: a root or file name with a tab or line break, an empty one, a root with
@@ -84,12 +86,7 @@ def write_manifest(path: str | os.PathLike, root: str, entries: list[Entry]) -> 
             raise ValueError(f"{path}: file name {rel!r} is empty or contains a tab or line break")
         if n < 0:
             raise ValueError(f"{path}: {rel!r} has a negative number of samples ({n})")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        print(root, file=f)
-        for rel, n in entries:
-            print(f"{rel}\t{n}", file=f)
-    os.replace(tmp, path)
+    atomic_write(path, "".join([root + "\n", *(f"{rel}\t{n}\n" for rel, n in entries)]))
 
 
 def find_audio(root: str, exts: list[str], path_must_contain: str | None = None) -> list[str]:
@@ -194,9 +191,7 @@ def build_manifest(
         write_manifest(os.path.join(dest, "valid.tsv"), root, valid)
     rejected_path = os.path.join(dest, "rejected.tsv")
     if summary.rejected:
-        with open(rejected_path, "w", encoding="utf-8") as f:
-            for path, reason in summary.rejected:
-                print(f"{path}\t{reason}", file=f)
+        atomic_write(rejected_path, "".join(f"{path}\t{reason}\n" for path, reason in summary.rejected))
         logger.warning("%d unreadable or empty files listed in %s", len(summary.rejected), rejected_path)
     elif os.path.exists(rejected_path):
         os.remove(rejected_path)  # stale report from an earlier run

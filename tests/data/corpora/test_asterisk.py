@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import collections
 import gzip
 import os
 
@@ -8,46 +7,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from wav2vec2.data import (
-    Dictionary,
-    LabelledAudioDataset,
-    RawAudioDataset,
-    read_manifest,
-    synth_utterance,
-    write_manifest,
-)
+from wav2vec2.data import RawAudioDataset, read_manifest, synth_utterance
 from wav2vec2.data.corpora import asterisk
-from wav2vec2.data.corpora.asterisk import (
-    AsteriskSummary,
-    decode_g722,
-    letters,
-    make_finetune_splits,
-    normalize_transcript,
-    prepare_asterisk,
-    read_transcripts,
-)
-
-
-@pytest.mark.parametrize(
-    "text, lang, want",
-    [
-        ("Agent logged in.", "en", ["AGENT", "LOGGED", "IN"]),
-        ("Échec à l'ouverture de session.", "fr", ["ÉCHEC", "À", "L'OUVERTURE", "DE", "SESSION"]),
-        ("Регистрация оператора удалена.", "ru", ["РЕГИСТРАЦИЯ", "ОПЕРАТОРА", "УДАЛЕНА"]),
-        ("dot [.]", "en", ["DOT"]),
-        ("Press 1 or 2", "en", ["PRESS", "ONE", "OR", "TWO"]),
-        ("Pulse 3", "it", ["PULSE", "TRE"]),
-        ("[this is a simple beep tone]", "en", None),
-        ("Call 911", "en", None),
-        ("Нажмите 1", "ru", None),
-    ],
-)
-def test_normalize_transcript(text, lang, want):
-    assert normalize_transcript(text, lang)[0] == want
-
-
-def test_letters_is_fairseq_ltr():
-    assert letters(["HI", "THERE"]) == "H I | T H E R E |"
+from wav2vec2.data.corpora.asterisk import decode_g722, prepare_asterisk, read_transcripts
+from wav2vec2.data.labels import letters
 
 
 def test_read_transcripts(tmp_path):
@@ -85,231 +48,162 @@ def test_prepare_asterisk_real(tmp_path):
     rms = [ds[i]["source"].pow(2).mean().sqrt().item() for i in range(0, len(ds), 10)]
     assert 0.03 < np.median(rms) < 0.5  # real speech level, not silence or noise
 
-
-# --- make_finetune_splits, on a fake prepared corpus (no network) -------------------------
-
-_WORDS = "ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE TEN PRESS PLEASE ENTER".split()
-_BUDGETS = {"test_minutes": 0.3, "dev_minutes": 0.2, "train_minutes": 0.4}  # of ~1.6 min of English
-
-
-def _fake_corpus(out, extra_en=()) -> dict[str, tuple[str, str, int, str]]:
-    """A prepared corpus as prepare_asterisk writes it; returns {relpath: (split, wrd, num_samples, lang)}.
-
-    English: 36 two-word texts, the first 10 said twice (as the real prompts repeat "one"),
-    plus `extra_en` once each; French: 8 utterances. Every 4th utterance goes to valid.
-    """
-    rng = np.random.default_rng(0)
-    texts = [("en", f"{a} {b}") for a in _WORDS[:6] for b in _WORDS[6:12]]
-    texts += texts[:10] + [("en", t) for t in extra_en] + [("fr", f"UN DEUX {w}") for w in "ABCDEFGH"]
-    rows = {"train": [], "valid": []}
-    for i, (lang, text) in enumerate(texts):
-        num_samples = int(rng.integers(16000, 48000))  # 1-3 s
-        rel = f"{lang}/p{i:03d}.flac"
-        path = os.path.join(out, "audio", rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        sf.write(path, 0.1 * np.sin(np.arange(num_samples) * 0.05 * (1 + i % 7)), 16000, subtype="PCM_16")
-        rows["valid" if i % 4 == 3 else "train"].append((rel, num_samples, text))
-    corpus = {}
-    for split, split_rows in rows.items():
-        write_manifest(os.path.join(out, f"{split}.tsv"), os.path.join(out, "audio"), [r[:2] for r in split_rows])
-        for ext, fn in (("wrd", str), ("ltr", lambda t: letters(t.split()))):
-            with open(os.path.join(out, f"{split}.{ext}"), "w", encoding="utf-8") as f:
-                f.writelines(fn(t) + "\n" for _, _, t in split_rows)
-        corpus.update({rel: (split, text, n, rel[:2]) for rel, n, text in split_rows})
-    return corpus
-
-
-def _read_split(path) -> list[tuple[str, int, str, str]]:
-    """[(relpath, num_samples, wrd, ltr)] of path.{tsv,wrd,ltr}; asserts they are line-aligned."""
-    _, entries = read_manifest(f"{path}.tsv")
-    wrd = open(f"{path}.wrd", encoding="utf-8").read().splitlines()
-    ltr = open(f"{path}.ltr", encoding="utf-8").read().splitlines()
-    assert len(entries) == len(wrd) == len(ltr) > 0
-    return [(rel, n, w, l) for (rel, n), w, l in zip(entries, wrd, ltr)]
-
-
-@pytest.fixture
-def fake(tmp_path):
-    """(corpus dir, its {relpath: ...}, splits out dir, summary) for seed 1."""
-    corpus_dir = str(tmp_path / "corpus")
-    corpus = _fake_corpus(corpus_dir)
-    out = str(tmp_path / "splits")
-    summary = make_finetune_splits(corpus_dir, out, seed=1, **_BUDGETS)
-    return corpus_dir, corpus, out, summary
-
-
-def test_finetune_splits_are_by_prompt_text(fake):
-    _, corpus, out, _ = fake
-    split = {name: _read_split(os.path.join(out, "finetune_en", name)) for name in ("train", "dev", "test")}
-    texts = {name: {w for _, _, w, _ in rows} for name, rows in split.items()}
-    assert not texts["test"] & (texts["train"] | texts["dev"])
-    assert not texts["dev"] & texts["train"]
-    # Whole groups: every English utterance of a chosen text is in that split.
-    for name, rows in split.items():
-        want = {rel for rel, (_, text, _, lang) in corpus.items() if lang == "en" and text in texts[name]}
-        assert {rel for rel, *_ in rows} == want
-    counts = collections.Counter(w for rows in split.values() for _, _, w, _ in rows)
-    assert max(counts.values()) > 1  # the fake corpus does repeat texts, so grouping was exercised
-
-
-def test_pretrain_has_everything_but_dev_and_test(fake):
-    corpus_dir, corpus, out, _ = fake
-    held_out = {rel for name in ("dev", "test") for rel, *_ in _read_split(os.path.join(out, "finetune_en", name))}
-    seen = set()
+    # Nothing that is not speech: the silence/* files of every language (-80 dBFS, with
+    # lines like "(8 seconds of silence)" or none) and the beeps are out, each with a reason.
+    excluded = {e.relpath: e.reason for e in summary.excluded}
+    assert len([r for r in excluded if "/silence/" in r]) == 50  # 1..10 s, five languages
+    for rel in ("en/confbridge-join.flac", "fr/beeperr.flac", "it/beep.flac", "ru/confbridge-leave.flac"):
+        assert excluded[rel] in ("not speech", "describes a sound")
+    rows = (tmp_path / "ast" / "excluded.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == len(summary.excluded) == sum(summary.skipped.values())
     for split in ("train", "valid"):
-        root, entries = read_manifest(os.path.join(out, "pretrain", f"{split}.tsv"))
-        assert root == read_manifest(os.path.join(corpus_dir, f"{split}.tsv"))[0]
-        for rel, n in entries:
-            assert corpus[rel][0] == split and corpus[rel][2] == n  # the corpus's own division
-        seen |= {rel for rel, _ in entries}
-    assert not seen & held_out
-    assert seen == set(corpus) - held_out
-    assert {corpus[rel][3] for rel in seen} == {"en", "fr"}
-    train = RawAudioDataset(os.path.join(out, "pretrain", "train.tsv"))  # the project's loader reads it
-    assert len(train) == sum(1 for rel in seen if corpus[rel][0] == "train")
+        _, entries = read_manifest(tmp_path / "ast" / f"{split}.tsv")
+        assert not [rel for rel, _ in entries if rel in excluded or "/silence/" in rel]
+        levels = [asterisk.level_dbfs(sf.read(tmp_path / "ast" / "audio" / rel, dtype="int16")[0])
+                  for rel, _ in entries]
+        assert min(levels) > asterisk.NEAR_SILENT_DBFS + 20  # far from the threshold, both sides
 
 
-def _assert_minutes(rows, minutes: float) -> None:
-    """Whole groups until the target is reached: at least it, and over by less than one group."""
-    seconds = sum(n for _, n, _, _ in rows) / 16000
-    group = {w: sum(n for _, n, w2, _ in rows if w2 == w) / 16000 for _, _, w, _ in rows}
-    assert minutes * 60 <= seconds < minutes * 60 + max(group.values())
+# --- what prepare_asterisk leaves out, on fake extracted packages (no network) ------------
+
+def _speech(seconds: float, dbfs: float, seed: int) -> np.ndarray:
+    """Speech-like int16 audio at an RMS of `dbfs`. Shape: (L,)."""
+    x = synth_utterance(int(seconds * 16000), sample_rate=16000, rng=np.random.default_rng(seed)).astype(np.float64)
+    return np.round(x / np.sqrt(np.mean(x**2)) * 32768 * 10 ** (dbfs / 20)).astype(np.int16)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_finetune_minutes_reached_within_one_group(tmp_path, seed):
-    corpus = _fake_corpus(str(tmp_path / "corpus"))
-    summary = make_finetune_splits(str(tmp_path / "corpus"), str(tmp_path / "out"), seed=seed, **_BUDGETS)
-    for name in ("train", "dev", "test"):
-        rows = _read_split(tmp_path / "out" / "finetune_en" / name)
-        _assert_minutes(rows, _BUDGETS[f"{name}_minutes"])
-        assert summary.finetune[name].num_utterances == len(rows)
-        assert summary.finetune[name].seconds == pytest.approx(sum(n for _, n, _, _ in rows) / 16000)
-    # Small train on purpose: the rest of English is only pretrained on.
-    en = sum(1 for v in corpus.values() if v[3] == "en")
-    assert summary.unused.num_utterances == en - sum(s.num_utterances for s in summary.finetune.values()) > 0
+def _silence(seconds: float, seed: int) -> np.ndarray:
+    """What the packages' silence/* files hold: noise a few LSB high, about -80 dBFS."""
+    return np.round(np.random.default_rng(seed).normal(0, 3, int(seconds * 16000))).astype(np.int16)
 
 
-def test_finetune_labels_line_aligned_and_dict_covers_dev_test(fake):
-    _, corpus, out, summary = fake
-    base = os.path.join(out, "finetune_en")
-    for name in ("train", "dev", "test"):
-        for rel, n, w, l in _read_split(os.path.join(base, name)):
-            assert (corpus[rel][1], corpus[rel][2]) == (w, n)
-            assert l == letters(w.split())
-    train_ltr = open(os.path.join(base, "train.ltr"), encoding="utf-8").read().split()
-    counts = collections.Counter(train_ltr)
-    want = [f"{c} {k}" for c, k in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-    assert open(os.path.join(base, "dict.ltr.txt"), encoding="utf-8").read().splitlines() == want
-    dictionary = Dictionary.load(os.path.join(base, "dict.ltr.txt"))
-    for name in ("dev", "test"):  # the project's own loader rejects a letter missing from the dict
-        tsv, ltr = os.path.join(base, f"{name}.tsv"), os.path.join(base, f"{name}.ltr")
-        ds = LabelledAudioDataset(tsv, labels_path=ltr, dictionary=dictionary)
-        assert len(ds) == summary.finetune[name].num_utterances
-    test = _read_split(os.path.join(base, "test"))
-    assert summary.test_words == sum(len(w.split()) for _, _, w, _ in test)
-    assert summary.test_letters == sum(len(w.replace(" ", "")) for _, _, w, _ in test)
+def _tone(seconds: float) -> np.ndarray:
+    return (8000 * np.sin(2 * np.pi * 1000 * np.arange(int(seconds * 16000)) / 16000)).astype(np.int16)
 
 
-def test_a_dev_test_letter_missing_from_train_forces_a_group_into_train(tmp_path):
-    _fake_corpus(str(tmp_path / "corpus"), extra_en=["QUIT NOW", "PLEASE QUIT", "QUIT"])
-    forced = 0
-    for seed in range(40):
-        out = tmp_path / f"out{seed}"
-        try:
-            summary = make_finetune_splits(str(tmp_path / "corpus"), str(out), seed=seed, **_BUDGETS)
-        except ValueError as e:  # every Q prompt drawn into dev/test: the next test's case
-            assert "'Q'" in str(e)
-            continue
-        split = {name: _read_split(out / "finetune_en" / name) for name in ("train", "dev", "test")}
-        symbols = {name: {c for *_, ltr in rows for c in ltr.split()} for name, rows in split.items()}
-        assert symbols["dev"] | symbols["test"] <= symbols["train"]
-        assert set(summary.coverage) <= (symbols["dev"] | symbols["test"])
-        _assert_minutes(split["train"], _BUDGETS["train_minutes"])  # forced groups count toward it
-        forced += "Q" in summary.coverage
-    assert forced > 0  # the case happened at least once
+# lang -> {name: (transcript line or None, audio)}: one case per rule, and the files kept.
+_FILES = {
+    "en": {
+        "hello": ("Hello there.", _speech(1.0, -20, 1)),
+        "quiet": ("Goodbye.", _speech(0.8, -45, 2)),  # 15 dB quieter than any real prompt, still speech
+        "silence/3": ("(3 seconds of silence)", _silence(3.0, 3)),
+        "hush": ("Thank you for calling.", _silence(1.5, 4)),  # a spoken-looking line over silence
+        "confbridge-join": ("<beep ascending>", _tone(0.4)),
+        "spy-iax2": ('IAX (note: does not say "2")', _speech(0.7, -20, 5)),
+        "keys": ("press * to pause", _speech(1.2, -20, 6)),
+        "merged": ("Goodbye. vm-then-pound: then press pound", _speech(1.0, -20, 7)),
+        "orphan": (None, _speech(0.5, -20, 8)),
+    },
+    "fr": {
+        "for": ("Pour (emphase)", _speech(0.6, -20, 9)),
+        "priv-callee-options": ("Appuyez sur 4 pour le menu poli (ne m'appelez plus, jamais).", _speech(3.0, -20, 10)),
+    },
+    "it": {
+        "beep": ("un suono beep", _tone(0.4)),
+        "ciao": ("Ciao.", _speech(0.6, -20, 11)),
+    },
+}
+_KEPT = {
+    "en/hello.flac": "HELLO THERE",
+    "en/quiet.flac": "GOODBYE",
+    "en/spy-iax2.flac": "IAX",  # the note is not read
+    "fr/for.flac": "POUR",
+    "fr/priv-callee-options.flac": "APPUYEZ SUR QUATRE POUR LE MENU POLI NE M'APPELEZ PLUS JAMAIS",  # quoted words
+    "it/ciao.flac": "CIAO",
+}
+_EXCLUDED = {
+    "en/silence/3.flac": "not speech",
+    "en/hush.flac": "near-silent audio",
+    "en/confbridge-join.flac": "not speech",
+    "en/keys.flac": "keypad symbol",
+    "en/merged.flac": "merged transcript lines",
+    "en/orphan.flac": "no transcript",
+    "it/beep.flac": "describes a sound",
+}
 
 
-def test_a_letter_only_in_dev_test_is_an_error(tmp_path):
-    _fake_corpus(str(tmp_path / "corpus"), extra_en=["ZERO"])
-    errors = 0
-    for seed in range(40):
-        try:
-            make_finetune_splits(str(tmp_path / "corpus"), str(tmp_path / f"out{seed}"), seed=seed, **_BUDGETS)
-        except ValueError as e:
-            assert "'Z'" in str(e) and "seed" in str(e)
-            assert not (tmp_path / f"out{seed}").exists()  # nothing half-written
-            errors += 1
-    assert 0 < errors < 40
+def _fake_packages(out, monkeypatch, files=_FILES) -> None:
+    """`files` as dpkg-deb -x leaves them under out/extract; download and extraction are stubbed."""
+    import G722
+
+    monkeypatch.setattr(asterisk, "download_debs", lambda languages, debs_dir: [])
+    monkeypatch.setattr(asterisk, "extract_debs", lambda debs, extract_dir: None)
+    share = out / "extract" / "usr" / "share"
+    for lang, prompts in files.items():
+        lines = [f"; Core Asterisk Sounds ({lang})", "vm-then-pound: then press pound"]
+        for name, (text, pcm) in prompts.items():
+            path = share / "asterisk" / "sounds" / f"{lang}_XX_f_Test" / f"{name}.g722"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(bytes(G722.G722(16000, 64000).encode(pcm)))
+            if text is not None:
+                lines.append(f"{name}: {text}")
+        doc = share / "doc" / f"asterisk-core-sounds-{lang}"
+        doc.mkdir(parents=True, exist_ok=True)
+        with gzip.open(doc / f"core-sounds-{lang}.txt.gz", "wt", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
 
 
-def test_finetune_splits_deterministic_per_seed(tmp_path):
-    _fake_corpus(str(tmp_path / "corpus"))
-
-    def files(seed: int, name: str) -> dict[str, bytes]:
-        out = tmp_path / name
-        make_finetune_splits(str(tmp_path / "corpus"), str(out), seed=seed, **_BUDGETS)
-        return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-
-    a, b, c = files(1, "a"), files(1, "b"), files(2, "c")
-    assert len(a) == 12 and a == b
-    assert a["finetune_en/test.tsv"] != c["finetune_en/test.tsv"]
-
-
-def test_finetune_splits_errors(tmp_path):
-    corpus = _fake_corpus(str(tmp_path / "corpus"))
-    out = tmp_path / "out"
-    with pytest.raises(ValueError, match=r"'en' has 1\.\d min .* too little .* train 1 min"):
-        make_finetune_splits(str(tmp_path / "corpus"), str(out), **{**_BUDGETS, "train_minutes": 1.0})
-    # Enough audio in total, but test and dev overshoot in whole groups and leave train short.
-    en_minutes = sum(n for _, _, n, lang in corpus.values() if lang == "en") / 16000 / 60
-    almost_all = en_minutes - _BUDGETS["test_minutes"] - _BUDGETS["dev_minutes"] - 0.001
-    with pytest.raises(ValueError, match=r"too little .* \(train got"):
-        make_finetune_splits(str(tmp_path / "corpus"), str(out), **{**_BUDGETS, "train_minutes": almost_all})
-    with pytest.raises(ValueError, match=r"no 'it' utterances .* en, fr"):
-        make_finetune_splits(str(tmp_path / "corpus"), str(out), language="it")
-    with pytest.raises(ValueError, match="dev_minutes must be positive"):
-        make_finetune_splits(str(tmp_path / "corpus"), str(out), dev_minutes=0)
-    assert not out.exists()  # every check runs before anything is written
+def _prepared(out) -> dict[str, tuple[str, str]]:
+    """{relpath: (split, .wrd line)} of a prepared corpus; checks .tsv/.wrd/.ltr agree."""
+    got = {}
+    for split in ("train", "valid"):
+        _, entries = read_manifest(out / f"{split}.tsv")
+        wrd = (out / f"{split}.wrd").read_text(encoding="utf-8").splitlines()
+        ltr = (out / f"{split}.ltr").read_text(encoding="utf-8").splitlines()
+        assert len(entries) == len(wrd) == len(ltr)
+        for (rel, n), w, l in zip(entries, wrd, ltr):
+            assert l == letters(w.split()) and n > 0
+            got[rel] = (split, w)
+    return got
 
 
-def test_cli_finetune_splits(tmp_path, monkeypatch, capsys):
-    corpus = str(tmp_path / "corpus")
-    _fake_corpus(corpus)
-    calls = []
-    monkeypatch.setattr(asterisk, "prepare_asterisk", lambda out, **kw: calls.append(out) or AsteriskSummary())
-    budget = [f"--{k.replace('_', '-')}={v}" for k, v in _BUDGETS.items()]
+def test_prepare_excludes_what_is_not_speech_and_says_why(tmp_path, monkeypatch):
+    out = tmp_path / "ast"
+    _fake_packages(out, monkeypatch)
+    summary = prepare_asterisk(str(out), languages=["en", "fr", "it"], valid_percent=0.3)
 
-    assert asterisk.main(["--out", corpus, "--finetune-splits", str(tmp_path / "low"), *budget]) == 0
-    assert calls == [corpus]
-    printed = capsys.readouterr().out
-    assert "fine-tuning splits of 'en'" in printed and "pretrain train" in printed
-    assert (tmp_path / "low" / "finetune_en" / "dict.ltr.txt").exists()
+    kept = _prepared(out)
+    assert {rel: w for rel, (_, w) in kept.items()} == _KEPT
+    assert {e.relpath: e.reason for e in summary.excluded} == _EXCLUDED
+    assert summary.per_language == {
+        lang: (n, pytest.approx(sum(len(pcm) for name, (_, pcm) in _FILES[lang].items()
+                                    if f"{lang}/{name}.flac" in _KEPT) / 16000))
+        for lang, n in (("en", 3), ("fr", 2), ("it", 1))
+    }
+    quiet = sf.read(out / "audio" / "en" / "quiet.flac", dtype="int16")[0]
+    assert -50 < asterisk.level_dbfs(quiet) < asterisk.NEAR_SILENT_DBFS + 20  # quiet indeed, and kept
+    hush = next(e for e in summary.excluded if e.relpath == "en/hush.flac")
+    assert hush.detail.endswith("dBFS RMS: Thank you for calling.") and float(hush.detail.split()[0]) < -70
+    assert not (out / "audio" / "en" / "hush.flac").exists()  # silent audio is not written
 
-    assert asterisk.main(["--out", corpus, "--finetune-splits", str(tmp_path / "big"), "--train-minutes", "100"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: 'en' has") and "Traceback" not in err
+    # Reported: every file with its reason in excluded.tsv, the judgements on content also
+    # one per line in the printed summary (the bulk "no transcript" only counted there).
+    rows = [line.split("\t") for line in (out / "excluded.tsv").read_text(encoding="utf-8").splitlines()]
+    assert {r[0]: r[1] for r in rows} == _EXCLUDED
+    assert ["en/silence/3.flac", "not speech", "(3 seconds of silence)"] in rows
+    printed = str(summary)
+    assert f"excluded {len(_EXCLUDED)} files:" in printed and "no transcript: 1" in printed
+    for rel, reason in _EXCLUDED.items():
+        assert (f"    {rel}: {reason}: " in printed) == (reason != "no transcript")
 
-    monkeypatch.setattr(asterisk, "make_finetune_splits", lambda *a, **k: pytest.fail("not asked for"))
-    assert asterisk.main(["--out", corpus]) == 0  # unchanged without --finetune-splits
+
+def test_leaving_a_file_out_moves_no_other_between_train_and_valid(tmp_path, monkeypatch):
+    """One draw per file found, kept or not: a rule that leaves a file out (here, silent
+    audio) does not reshuffle the train/valid split of the others."""
+    en = {f"p{i:02d}": (f"Prompt {w}.", _speech(0.3, -20, i)) for i, w in enumerate("abcdefghijklmnop")}
+    _fake_packages(tmp_path / "a", monkeypatch, {"en": en})
+    prepare_asterisk(str(tmp_path / "a"), languages=["en"], valid_percent=0.5)
+    before = _prepared(tmp_path / "a")
+    silent = {"p00", "p07"}
+    _fake_packages(tmp_path / "b", monkeypatch,
+                   {"en": {k: (text, _silence(0.3, 0) if k in silent else pcm) for k, (text, pcm) in en.items()}})
+    summary = prepare_asterisk(str(tmp_path / "b"), languages=["en"], valid_percent=0.5)
+    assert sorted(e.relpath for e in summary.excluded) == ["en/p00.flac", "en/p07.flac"]
+    assert _prepared(tmp_path / "b") == {rel: v for rel, v in before.items() if rel[3:6] not in silent}
+    assert {split for split, _ in before.values()} == {"train", "valid"}  # both splits exercised
 
 
-def test_long_prompts_are_only_pretrained_on(tmp_path):
-    """Prompts over max_seconds stay out of every fine-tuning split (they would set the batch
-    budget for all the short ones) but are still pretraining audio."""
-    corpus_dir = str(tmp_path / "corpus")
-    corpus = _fake_corpus(corpus_dir)  # English prompts of 1-3 s
-    out = str(tmp_path / "splits")
-    limit = 2.5
-    summary = make_finetune_splits(corpus_dir, out, seed=1, max_seconds=limit, test_minutes=0.1, dev_minutes=0.1,
-                                   train_minutes=0.2)
-    finetuned = [row for name in ("train", "dev", "test") for row in _read_split(os.path.join(out, "finetune_en", name))]
-    assert finetuned and all(n <= limit * 16000 for _, n, _, _ in finetuned)
-    long_en = {rel for rel, (_, _, n, lang) in corpus.items() if lang == "en" and n > limit * 16000}
-    assert long_en
-    pretrained = {rel for split in ("train", "valid")
-                  for rel, _ in read_manifest(os.path.join(out, "pretrain", f"{split}.tsv"))[1]}
-    assert long_en <= pretrained
-    assert summary.unused.num_utterances >= len(long_en)
-    with pytest.raises(ValueError, match="max_seconds"):
-        make_finetune_splits(corpus_dir, str(tmp_path / "x"), max_seconds=0, **_BUDGETS)
+def test_level_dbfs():
+    full_scale_sine = (32767 * np.sin(np.linspace(0, 200 * np.pi, 16000, endpoint=False))).astype(np.int16)
+    assert asterisk.level_dbfs(full_scale_sine) == pytest.approx(-3.01, abs=0.01)
+    assert asterisk.level_dbfs(np.zeros(100, np.int16)) == asterisk.level_dbfs(np.zeros(0, np.int16)) == -np.inf

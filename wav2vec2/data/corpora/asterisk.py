@@ -10,12 +10,13 @@ nothing is installed system-wide. Output, as fairseq's fine-tuning recipe expect
     OUT/{train,valid}.tsv             manifests (root = OUT/audio)
     OUT/{train,valid}.wrd / .ltr      words / letters ("H I | T H E R E |"), line-aligned
     OUT/dict.ltr.txt                  letter counts over train, most frequent first
+    OUT/excluded.tsv                  every file left out: path, reason, its transcript line
 
 Every step is cached: .debs, extraction and decoded files are reused when present.
+Transcript text becomes words in `text.py`, words become .ltr lines in `labels.py`.
 
-`make_finetune_splits` then cuts the low-resource experiment out of a prepared corpus:
-unlabelled audio of every language for pretraining, and a small labelled split of one
-language for CTC fine-tuning, with dev/test prompts never heard in either (see there).
+`main` (the CLI) can then cut the low-resource experiment out of the prepared corpus:
+`splits.make_finetune_splits`.
 """
 
 from __future__ import annotations
@@ -31,27 +32,21 @@ import re
 import shutil
 import subprocess
 import sys
-import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
 import soundfile as sf
 
-from wav2vec2.data.manifest import read_manifest, write_manifest
+from wav2vec2.data.corpora.splits import make_finetune_splits
+from wav2vec2.data.corpora.text import NUMBER, normalize_transcript
+from wav2vec2.data.labels import Dictionary, letters, write_label_lines
+from wav2vec2.data.manifest import write_manifest
+from wav2vec2.files import atomic_output, atomic_write
 
 logger = logging.getLogger(__name__)
 
 LANGUAGES = ("en", "es", "fr", "it", "ru")
-SAMPLE_RATE = 16000
-
-# Single digits as read in these prompts ("press 1"). Russian number words inflect
-# (одну/один/одна), so Russian lines with digits are skipped rather than guessed.
-_DIGITS = {
-    "en": "zero one two three four five six seven eight nine",
-    "es": "cero uno dos tres cuatro cinco seis siete ocho nueve",
-    "fr": "zéro un deux trois quatre cinq six sept huit neuf",
-    "it": "zero uno due tre quattro cinque sei sette otto nove",
-}
+SAMPLE_RATE = 16000  # G.722 is wideband: 16 kHz
 
 
 def packages(languages: list[str]) -> list[str]:
@@ -93,7 +88,7 @@ def extract_debs(debs: list[str], extract_dir: str) -> None:
         result = subprocess.run(["dpkg-deb", "-x", deb, extract_dir], capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"dpkg-deb -x {deb} failed: {result.stderr.strip()}")
-        open(marker, "w").close()
+        atomic_write(marker, "")
 
 
 def read_transcripts(path: str) -> dict[str, str]:
@@ -109,30 +104,6 @@ def read_transcripts(path: str) -> dict[str, str]:
     return out
 
 
-def normalize_transcript(text: str, lang: str) -> tuple[list[str] | None, str]:
-    """Upper-case words of letters and apostrophes, or (None, reason) if unusable.
-
-    Bracketed parts are stage directions ("[beep]", "dot [.]") and are removed; a line
-    that is nothing but those is not speech. Single digits become words (not for ru).
-    """
-    text = unicodedata.normalize("NFC", re.sub(r"\[[^\]]*\]", " ", text))
-    if re.search(r"\d\d", text) or (re.search(r"\d", text) and lang not in _DIGITS):
-        return None, "number"
-    if lang in _DIGITS:
-        names = _DIGITS[lang].split()
-        text = re.sub(r"\d", lambda m: f" {names[int(m.group())]} ", text)
-    text = text.replace("\u2019", "'").upper()
-    cleaned = "".join(c if unicodedata.category(c).startswith("L") or c == "'" else " " for c in text)
-    words = [w.strip("'") for w in cleaned.split()]
-    words = [w for w in words if w]
-    return (words, "") if words else (None, "not speech")
-
-
-def letters(words: list[str]) -> str:
-    """fairseq .ltr line: letters separated by spaces, '|' after every word."""
-    return " ".join(" ".join(w) + " |" for w in words)
-
-
 def decode_g722(path: str) -> np.ndarray:
     """Raw 64 kbit/s G.722 file -> int16 samples at 16 kHz. Shape: (L,) with L = 2 * bytes."""
     import G722
@@ -145,6 +116,42 @@ def decode_g722(path: str) -> np.ndarray:
     return pcm
 
 
+# What the preparation leaves out, beyond text.py's reasons (NUMBER, NOT_SPEECH, KEYPAD_SYMBOL).
+# A reference that is not what the audio says cannot be matched by any model: it costs every
+# WER/CER reported and teaches the model to emit letters where nobody speaks.
+NO_TRANSCRIPT = "no transcript"  # a .g722 file that core-sounds-XX.txt does not list
+DESCRIBES_A_SOUND = "describes a sound"  # the line names a tone, in words that are not notes
+MERGED_LINES = "merged transcript lines"  # the line runs on into other prompts' `name: text`
+NEAR_SILENT = "near-silent audio"  # RMS below NEAR_SILENT_DBFS, whatever its transcript
+
+# Prompts whose line describes a sound in plain words, where text.py's notes rule (brackets)
+# cannot see it; found by reading the kept transcripts whose letters per second were far
+# above their language's (50-63 for a median of 13). The audio agrees: 0.4 s, as tonal as
+# the bracketed beeps (spectral flatness under 0.001).
+# {lang/name: its line, for the reader}
+SOUND_DESCRIPTIONS = {
+    "it/beep": "un suono beep",
+    "it/beeperr": "un suono beep di errore",
+    "it/confbridge-join": "un suono di beep ascendente",
+    "it/confbridge-leave": "un suono di beep discendente",
+}
+# Lines whose parentheses quote words the voice says (the English prompts have them in
+# quotes: 'a polite "don't call" menu'), so text.py must keep them, not drop them as notes.
+SPOKEN_PARENTHESES = {"fr/priv-callee-options", "fr/screen-callee-options"}
+# Below this RMS a file holds no speech. The packages' 2,831 files are bimodal: the 50
+# XX/silence/{1..10} files at -80 dBFS (and ru/is, 0 bytes), every other one at -32 dBFS or
+# louder (a beep; the quietest speech, ru/with "с", is at -27.5): 20 dB clear of both.
+# Today the notes rule already excludes every silent file that has a transcript; this
+# catches silent audio whatever its line says.
+NEAR_SILENT_DBFS = -60.0
+
+
+def level_dbfs(pcm: np.ndarray) -> float:
+    """RMS level of int16 samples in dB relative to full scale (-inf for digital silence)."""
+    rms = float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64)))) if len(pcm) else 0.0
+    return 20 * np.log10(rms / 32768) if rms > 0 else float("-inf")
+
+
 @dataclass
 class Utterance:
     relpath: str  # under OUT/audio
@@ -153,27 +160,54 @@ class Utterance:
 
 
 @dataclass
+class Excluded:
+    """A file the corpus leaves out, and why; OUT/excluded.tsv lists every one."""
+
+    relpath: str  # where it would be under OUT/audio
+    reason: str
+    detail: str  # the transcript line as written, and the audio level when measured
+
+
+@dataclass
 class AsteriskSummary:
     per_language: dict[str, tuple[int, float]] = field(default_factory=dict)  # lang -> (utts, seconds)
-    skipped: collections.Counter = field(default_factory=collections.Counter)
+    excluded: list[Excluded] = field(default_factory=list)
     num_train: int = 0
     num_valid: int = 0
+    excluded_path: str = ""
+
+    @property
+    def skipped(self) -> collections.Counter:
+        """Excluded files per reason."""
+        return collections.Counter(e.reason for e in self.excluded)
 
     def __str__(self) -> str:
         total = sum(n for n, _ in self.per_language.values())
         hours = sum(s for _, s in self.per_language.values()) / 3600
         langs = ", ".join(f"{k}: {n} ({s / 60:.1f} min)" for k, (n, s) in self.per_language.items())
-        skipped = ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped.items())) or "none"
-        return (
-            f"{total} utterances, {hours:.2f} h ({self.num_train} train, {self.num_valid} valid)\n"
-            f"  {langs}\n  skipped: {skipped}"
-        )
+        counts = ", ".join(f"{r}: {n}" for r, n in sorted(self.skipped.items())) or "none"
+        lines = [f"{total} utterances, {hours:.2f} h ({self.num_train} train, {self.num_valid} valid)",
+                 f"  {langs}", f"  excluded {len(self.excluded)} files: {counts}"]
+        if self.excluded_path:
+            lines[-1] += f" (each with its reason in {self.excluded_path})"
+        # The bulk reasons are mechanical (no line at all, a number we do not spell); the
+        # others are judgements on content, shown file by file.
+        lines += [f"    {e.relpath}: {e.reason}: {e.detail}" for e in self.excluded
+                  if e.reason not in (NO_TRANSCRIPT, NUMBER)]
+        return "\n".join(lines)
 
 
 def prepare_asterisk(
     out: str, *, languages: tuple[str, ...] | list[str] = LANGUAGES, valid_percent: float = 0.05, seed: int = 1
 ) -> AsteriskSummary:
-    """Download, decode and write the corpus under `out` (see module docstring)."""
+    """Download, decode and write the corpus under `out` (see module docstring).
+
+    Every .g722 file either becomes an utterance or is listed in OUT/excluded.tsv with its
+    reason (`transcript_problem`, then NEAR_SILENT once decoded). As in build_manifest, a
+    file goes to valid when its `random.Random(seed).random()` draw is <= valid_percent,
+    one draw per file found, kept or not: leaving a file out never moves another one
+    between train and valid.
+    """
     for lang in languages:
         if lang not in LANGUAGES:
             raise ValueError(f"language {lang!r} not available; choose from {', '.join(LANGUAGES)}")
@@ -182,8 +216,9 @@ def prepare_asterisk(
     extract_debs(download_debs(languages, os.path.join(out, "debs")), extract_dir)
     sounds = os.path.join(extract_dir, "usr", "share", "asterisk", "sounds")
 
-    summary = AsteriskSummary()
-    utterances: list[Utterance] = []
+    summary = AsteriskSummary(excluded_path=os.path.join(out, "excluded.tsv"))
+    splits: dict[str, list[Utterance]] = {"train": [], "valid": []}
+    rand = random.Random(seed)
     for lang in languages:
         doc = os.path.join(extract_dir, "usr", "share", "doc", f"asterisk-core-sounds-{lang}")
         transcripts = read_transcripts(os.path.join(doc, f"core-sounds-{lang}.txt.gz"))
@@ -193,306 +228,118 @@ def prepare_asterisk(
         count, seconds = 0, 0.0
         for voice in voices:
             for path in sorted(glob.glob(os.path.join(voice, "**", "*.g722"), recursive=True)):
+                split = "valid" if rand.random() <= valid_percent else "train"
                 name = os.path.relpath(path, voice)[: -len(".g722")]
-                if name not in transcripts:
-                    summary.skipped["no transcript"] += 1
-                    continue
-                words, reason = normalize_transcript(transcripts[name], lang)
-                if words is None:
-                    summary.skipped[reason] += 1
-                    continue
                 rel = os.path.join(lang, name + ".flac")
-                num_samples = _decode_once(path, os.path.join(out, "audio", rel))
-                utterances.append(Utterance(rel, num_samples, words))
-                count, seconds = count + 1, seconds + num_samples / SAMPLE_RATE
+                text = transcripts.get(name)
+                words, reason = transcript_problem(lang, name, text, transcripts)
+                if words is None:
+                    summary.excluded.append(Excluded(rel, reason, "" if text is None else text))
+                    continue
+                pcm = _decoded(path, os.path.join(out, "audio", rel))
+                level = level_dbfs(pcm)
+                if level < NEAR_SILENT_DBFS:
+                    summary.excluded.append(Excluded(rel, NEAR_SILENT, f"{level:.1f} dBFS RMS: {text}"))
+                    continue
+                splits[split].append(Utterance(rel, len(pcm), words))
+                count, seconds = count + 1, seconds + len(pcm) / SAMPLE_RATE
         summary.per_language[lang] = (count, seconds)
 
-    rand = random.Random(seed)
-    splits: dict[str, list[Utterance]] = {"train": [], "valid": []}
-    for utt in utterances:
-        splits["valid" if rand.random() <= valid_percent else "train"].append(utt)
     summary.num_train, summary.num_valid = len(splits["train"]), len(splits["valid"])
     audio_root = os.path.join(out, "audio")
     for split, utts in splits.items():
         write_manifest(os.path.join(out, f"{split}.tsv"), audio_root, [(u.relpath, u.num_samples) for u in utts])
-        _write_lines(os.path.join(out, f"{split}.wrd"), [" ".join(u.words) for u in utts])
-        _write_lines(os.path.join(out, f"{split}.ltr"), [letters(u.words) for u in utts])
-    _write_dict(os.path.join(out, "dict.ltr.txt"), [letters(u.words) for u in splits["train"]])
+        write_label_lines(os.path.join(out, f"{split}.wrd"), [" ".join(u.words) for u in utts])
+        write_label_lines(os.path.join(out, f"{split}.ltr"), [letters(u.words) for u in utts])
+    Dictionary.from_label_lines(letters(u.words) for u in splits["train"]).save(os.path.join(out, "dict.ltr.txt"))
+    atomic_write(summary.excluded_path, "".join(
+        "\t".join(" ".join(col.split()) for col in (e.relpath, e.reason, e.detail)) + "\n"
+        for e in summary.excluded))
     return summary
 
 
-def _write_lines(path: str, lines: list[str]) -> None:
-    """One line per item, atomically (tmp file + rename), so a crash never leaves half a file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
+def transcript_problem(lang: str, name: str, text: str | None,
+                       transcripts: dict[str, str]) -> tuple[list[str] | None, str]:
+    """(words, "") for a usable transcript line, else (None, reason); `transcripts` is the
+    language's whole file, to recognise a line that runs on into other prompts' lines."""
+    if text is None:
+        return None, NO_TRANSCRIPT
+    key = f"{lang}/{name}"
+    if key in SOUND_DESCRIPTIONS:
+        return None, DESCRIBES_A_SOUND
+    # "...appuyez sur dièse.vm-review-nonurgent: Pour enlever...": the transcript file lost
+    # a line break. The audio fits the first prompt only: with the rest, its letters per
+    # second would be about twice its language's median.
+    if any(other in transcripts and other != name for other in re.findall(r"([\w/-]+):\s", text)):
+        return None, MERGED_LINES
+    return normalize_transcript(text, lang, spoken_parentheses=key in SPOKEN_PARENTHESES)
 
 
-def _write_dict(path: str, ltr_lines: list[str]) -> None:
-    """fairseq dict.ltr.txt: `SYMBOL COUNT` over the .ltr lines, most frequent first."""
-    counts = collections.Counter(c for line in ltr_lines for c in line.split())
-    _write_lines(path, [f"{c} {n}" for c, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))])
-
-
-def _decode_once(src: str, dst: str) -> int:
-    """Decode src to dst unless dst exists; returns its number of samples."""
+def _decoded(src: str, dst: str) -> np.ndarray:
+    """int16 samples of src, decoded once: dst (FLAC) is written the first time, then read.
+    Shape: (L,)."""
     if os.path.exists(dst):
-        return sf.info(dst).frames
+        return sf.read(dst, dtype="int16")[0]
     pcm = decode_g722(src)
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    tmp = dst + ".tmp.flac"
-    sf.write(tmp, pcm, SAMPLE_RATE, subtype="PCM_16")
-    os.replace(tmp, dst)  # atomic: an interrupted run never leaves a half-written file
-    return len(pcm)
+    if level_dbfs(pcm) >= NEAR_SILENT_DBFS:  # only files that become utterances are written
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        with atomic_output(dst) as tmp:  # an interrupted run never leaves a half-written file
+            sf.write(tmp, pcm, SAMPLE_RATE, subtype="PCM_16", format="FLAC")  # tmp's name ends in .tmp
+    return pcm
 
 
-@dataclass
-class _Labelled:
-    """One utterance of a prepared corpus, with its label lines as written there."""
+_DESCRIPTION = """\
+Prepare the Asterisk prompts speech corpus: download Debian's asterisk-core-sounds-XX
+packages (apt-get download, nothing installed), decode them to 16 kHz FLAC and write fairseq
+manifests and letter labels under --out: about 2,600 prompts, 1.8 h, in 5 languages, in
+under a minute (cached after). Files that are not speech (silence, beeps, lines that do not
+say what the voice says) are left out, each listed with its reason in OUT/excluded.tsv."""
 
-    relpath: str
-    num_samples: int
-    wrd: str
-    ltr: str
-    split: str  # "train" or "valid": the corpus's own division, kept for pretraining
+_EPILOG = """\
+pretraining on the whole corpus (what scripts/demo.sh runs):
+  python scripts/prepare_asterisk.py --out data/asterisk
+  python scripts/train.py --config-name demo data.manifest_dir=data/asterisk
 
+the low-resource fine-tuning experiment (what scripts/finetune_demo.sh runs, with the same
+fine-tuning from random weights beside it; about half an hour on a 2-core CPU, measured in
+docs/finetuning.md):
+  python scripts/prepare_asterisk.py --out data/asterisk --finetune-splits data/asterisk-lowres
+  python scripts/train.py --config-name demo data.manifest_dir=data/asterisk-lowres/pretrain \\
+      optim.max_update=5000 run_dir=runs/ft/pretrain
+  python scripts/train.py --config-name ctc_demo data.manifest_dir=data/asterisk-lowres/finetune_en \\
+      task.init=runs/ft/pretrain/checkpoint_best.pt run_dir=runs/ft/pretrained
+  python -m wav2vec2.infer.evaluate runs/ft/pretrained/checkpoint_best.pt --subset test"""
 
-@dataclass
-class SplitStats:
-    num_utterances: int = 0
-    seconds: float = 0.0
-    num_texts: int = 0  # distinct prompt texts
-
-    @classmethod
-    def of(cls, utts: list[_Labelled]) -> SplitStats:
-        return cls(len(utts), sum(u.num_samples for u in utts) / SAMPLE_RATE, len({u.wrd for u in utts}))
-
-    def __str__(self) -> str:
-        return f"{self.num_utterances:4d} utts, {self.num_texts:4d} texts, {self.seconds / 60:6.2f} min"
-
-
-@dataclass
-class FinetuneSplits:
-    """What make_finetune_splits wrote; str() is the CLI's report."""
-
-    language: str
-    seed: int
-    num_texts: int  # distinct prompt texts of `language` in the corpus
-    finetune: dict[str, SplitStats]  # test / dev / train
-    unused: SplitStats  # `language` utterances in no fine-tuning split: pretraining only
-    pretrain: dict[str, SplitStats]  # train / valid over all languages, dev/test excluded
-    test_words: int
-    test_letters: int  # letters of the test transcripts, not counting the word boundary "|"
-    coverage: list[str]  # dev/test letters the random fill of train missed: a group with each was forced in
-
-    def __str__(self) -> str:
-        lines = [f"fine-tuning splits of {self.language!r} by prompt text (seed {self.seed}, "
-                 f"{self.num_texts} distinct texts):"]
-        lines += [f"  {name:5s} {stats}" for name, stats in self.finetune.items()]
-        lines.append(f"  test has {self.test_words} words, {self.test_letters} letters (not counting |)")
-        lines.append(f"  unused {self.unused} (pretraining only: the rest, and prompts over the length limit)")
-        if self.coverage:
-            forced = " ".join(self.coverage)
-            lines.append(f"  train starts with a group for each dev/test letter it would miss: {forced}")
-        lines += [f"pretrain {name:5s} {stats.num_utterances} utts, {stats.seconds / 3600:.2f} h "
-                  f"(all languages; {self.language} dev/test left out)" for name, stats in self.pretrain.items()]
-        return "\n".join(lines)
-
-
-def make_finetune_splits(
-    corpus: str,
-    out: str,
-    *,
-    language: str = "en",
-    train_minutes: float = 10.0,
-    dev_minutes: float = 2.0,
-    test_minutes: float = 4.0,
-    max_seconds: float = 12.0,
-    seed: int = 1,
-) -> FinetuneSplits:
-    """Cut the low-resource experiment out of a prepared corpus.
-
-    Pretrain on unlabelled audio of every language, fine-tune CTC on a few minutes of
-    `language`, test on prompts never seen in fine-tuning. Writes
-
-        out/pretrain/{train,valid}.tsv      every utterance but the dev/test ones, in the
-                                            corpus's own train/valid division
-        out/finetune_{language}/{train,dev,test}.{tsv,wrd,ltr}, dict.ltr.txt
-
-    Many prompts repeat a text ("one" is digits/1 and another file), so the split is by
-    prompt text: utterances with the same .wrd line form a group, and a group goes wholly
-    to one split. Groups are shuffled with `seed`; test, then dev, then train take groups
-    until they reach their minutes (so each overshoots by less than one group). Train is
-    small on purpose: the rest of `language` is not fine-tuned on, only pretrained on. Dev
-    and test audio is left out of pretraining too: the test must be unheard.
-
-    dict.ltr.txt counts train's letters, and a dev/test letter missing from it could never
-    be emitted (labels.py rejects it). So if the random fill of train misses such a letter,
-    train is drawn again starting with the first shuffled group that has it, then filled to
-    its minutes, until no letter is missing (forced groups count toward the minutes; train
-    overshoots only if they alone exceed them). If no group left has the letter, this
-    raises rather than move a group out of test, which would leave test short of its
-    minutes. Everything is checked before anything is written, and each file is written to
-    a tmp file and renamed.
-
-    Prompts longer than `max_seconds` (a few of 30 s) take no part in fine-tuning or its
-    test, only in pretraining: one of them would set the batch budget (`data.max_tokens`)
-    for all the 1-2 s others.
-    """
-    budgets = {"test": test_minutes * 60, "dev": dev_minutes * 60, "train": train_minutes * 60}
-    for name, seconds in budgets.items():
-        if not seconds > 0:
-            raise ValueError(f"{name}_minutes must be positive, got {seconds / 60}")
-    root, utts = _read_labelled_corpus(corpus)
-    ours = [u for u in utts if _language(u.relpath) == language]
-    if not ours:
-        found = ", ".join(sorted({_language(u.relpath) for u in utts}))
-        raise ValueError(f"no {language!r} utterances in {corpus} (it has: {found})")
-    if not max_seconds > 0:
-        raise ValueError(f"max_seconds must be positive, got {max_seconds}")
-    too_long = [u for u in ours if u.num_samples > max_seconds * SAMPLE_RATE]
-    ours = [u for u in ours if u.num_samples <= max_seconds * SAMPLE_RATE]
-
-    by_text: dict[str, list[_Labelled]] = collections.defaultdict(list)
-    for u in ours:
-        by_text[u.wrd].append(u)
-
-    def too_little(detail: str = "") -> ValueError:
-        return ValueError(
-            f"{language!r} has {_seconds(ours) / 60:.1f} min in {len(ours)} utterances of at most {max_seconds:g} s "
-            f"({len(by_text)} texts), "
-            f"too little for test {test_minutes:g} + dev {dev_minutes:g} + train {train_minutes:g} min in whole "
-            f"prompt groups{detail}; ask for fewer minutes"
-        )
-
-    if _seconds(ours) < sum(budgets.values()):
-        raise too_little()
-    groups = [by_text[text] for text in sorted(by_text)]  # sorted: the seeded shuffle alone decides
-    random.Random(seed).shuffle(groups)
-    test, rest = _fill(groups, budgets["test"])
-    dev, rest = _fill(rest, budgets["dev"])
-
-    held_out_symbols = {c for g in test + dev for c in _symbols(g)}
-    coverage: list[str] = []  # letters the random fill missed; grows until train has them all
-    while True:
-        first: list[int] = []  # for each such letter, the first shuffled group that has it
-        for symbol in coverage:
-            if any(symbol in _symbols(rest[i]) for i in first):
-                continue
-            index = next((i for i, g in enumerate(rest) if symbol in _symbols(g)), None)
-            if index is None:
-                raise ValueError(
-                    f"letter {symbol!r} of the {language} dev/test prompts is in no prompt left for train, "
-                    f"so the fine-tuned model could never emit it; try another seed or fewer dev/test minutes"
-                )
-            first.append(index)
-        forced = [rest[i] for i in first]
-        budget = budgets["train"] - sum(_seconds(g) for g in forced)
-        train = forced + _fill([g for i, g in enumerate(rest) if i not in first], budget)[0]
-        missing = held_out_symbols - {c for g in train for c in _symbols(g)}
-        if not missing:
-            break
-        coverage += sorted(missing)
-
-    chosen = {name: [u for g in split for u in g] for name, split in (("test", test), ("dev", dev), ("train", train))}
-    for name, seconds in budgets.items():
-        if _seconds(chosen[name]) < seconds:  # enough in total, but groups overshot earlier splits
-            raise too_little(f" ({name} got {_seconds(chosen[name]) / 60:.2f} min)")
-
-    for name in chosen:
-        chosen[name].sort(key=lambda u: u.relpath)
-    held_out = {u.relpath for u in chosen["test"] + chosen["dev"]}
-    pretrain = {s: [u for u in utts if u.split == s and u.relpath not in held_out] for s in ("train", "valid")}
-
-    def entries(split_utts: list[_Labelled]) -> list[tuple[str, int]]:
-        return [(u.relpath, u.num_samples) for u in split_utts]
-
-    os.makedirs(os.path.join(out, "pretrain"), exist_ok=True)
-    for split, split_utts in pretrain.items():
-        write_manifest(os.path.join(out, "pretrain", f"{split}.tsv"), root, entries(split_utts))
-    finetune_dir = os.path.join(out, f"finetune_{language}")
-    os.makedirs(finetune_dir, exist_ok=True)
-    for name in ("train", "dev", "test"):
-        write_manifest(os.path.join(finetune_dir, f"{name}.tsv"), root, entries(chosen[name]))
-        _write_lines(os.path.join(finetune_dir, f"{name}.wrd"), [u.wrd for u in chosen[name]])
-        _write_lines(os.path.join(finetune_dir, f"{name}.ltr"), [u.ltr for u in chosen[name]])
-    _write_dict(os.path.join(finetune_dir, "dict.ltr.txt"), [u.ltr for u in chosen["train"]])
-
-    used = {u.relpath for split_utts in chosen.values() for u in split_utts}
-    return FinetuneSplits(
-        language=language,
-        seed=seed,
-        num_texts=len(by_text),
-        finetune={name: SplitStats.of(split_utts) for name, split_utts in chosen.items()},
-        unused=SplitStats.of([u for u in ours if u.relpath not in used] + too_long),
-        pretrain={split: SplitStats.of(split_utts) for split, split_utts in pretrain.items()},
-        test_words=sum(len(u.wrd.split()) for u in chosen["test"]),
-        test_letters=sum(c != "|" for u in chosen["test"] for c in u.ltr.split()),
-        coverage=coverage,
-    )
-
-
-def _read_labelled_corpus(corpus: str) -> tuple[str, list[_Labelled]]:
-    """(audio root, utterances) of a prepared corpus's train and valid splits."""
-    roots, utts = set(), []
-    for split in ("train", "valid"):
-        tsv = os.path.join(corpus, f"{split}.tsv")
-        if not os.path.exists(tsv):
-            raise ValueError(f"{tsv} not found: prepare the corpus first (prepare_asterisk)")
-        root, entries = read_manifest(tsv)
-        roots.add(root)
-        labels = {}
-        for ext in ("wrd", "ltr"):
-            path = os.path.join(corpus, f"{split}.{ext}")
-            with open(path, encoding="utf-8") as f:  # iterate, not splitlines(): see labels.py
-                labels[ext] = [line.rstrip("\n") for line in f]
-            if len(labels[ext]) != len(entries):
-                raise ValueError(f"{path}: {len(labels[ext])} lines but {tsv} has {len(entries)} entries")
-        for (rel, n), wrd, ltr in zip(entries, labels["wrd"], labels["ltr"]):
-            utts.append(_Labelled(rel, n, " ".join(wrd.split()), ltr, split))
-    if len(roots) != 1:
-        raise ValueError(f"{corpus}: train.tsv and valid.tsv have different roots {sorted(roots)}")
-    return roots.pop(), utts
-
-
-def _fill(groups: list[list[_Labelled]], seconds: float) -> tuple[list[list[_Labelled]], list[list[_Labelled]]]:
-    """(taken, left): groups from the front until they reach `seconds` (overshoot < one group)."""
-    total = 0.0
-    for i, group in enumerate(groups):
-        if total >= seconds:
-            return groups[:i], groups[i:]
-        total += _seconds(group)
-    return groups, []
-
-
-def _symbols(group: list[_Labelled]) -> set[str]:
-    return set(group[0].ltr.split())  # a group shares one text
-
-
-def _language(relpath: str) -> str:
-    return relpath.split("/", 1)[0]  # prepare_asterisk writes audio/XX/<name>.flac
-
-
-def _seconds(utts: list[_Labelled]) -> float:
-    return sum(u.num_samples for u in utts) / SAMPLE_RATE
+_SPLITS_HELP = """\
+With --finetune-splits DIR, also cut the fine-tuning experiment out of the corpus:
+  DIR/finetune_LANG/  labelled prompts of one language (English by default) for CTC:
+                      train.{tsv,ltr,wrd} 10 min, dev 2 min (picks the best checkpoint),
+                      test 4 min (scored once), dict.ltr.txt. A prompt text goes wholly to
+                      one split: no test sentence is ever fine-tuned on.
+  DIR/pretrain/       {train,valid}.tsv: every other utterance, all languages, unlabelled
+                      audio for pretraining (dev and test left out: the test is unheard)."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Prepare the Asterisk prompts speech corpus.")
+    parser = argparse.ArgumentParser(description=_DESCRIPTION, epilog=_EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output directory (also the download cache)")
-    parser.add_argument("--languages", nargs="+", default=list(LANGUAGES), choices=LANGUAGES)
-    parser.add_argument("--valid-percent", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=1)
-    low = parser.add_argument_group("low-resource experiment (see make_finetune_splits)")
-    low.add_argument("--finetune-splits", metavar="OUT2", help="then write pretrain/ and finetune_LANG/ splits here")
-    low.add_argument("--finetune-language", default="en", choices=LANGUAGES)
-    low.add_argument("--train-minutes", type=float, default=10.0)
-    low.add_argument("--dev-minutes", type=float, default=2.0)
-    low.add_argument("--test-minutes", type=float, default=4.0)
+    parser.add_argument("--languages", nargs="+", default=list(LANGUAGES), choices=LANGUAGES,
+                        help="default: all five")
+    parser.add_argument("--valid-percent", type=float, default=0.05,
+                        help="share of the files drawn into OUT/valid.tsv (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the train/valid draw (default: %(default)s)")
+    low = parser.add_argument_group("low-resource fine-tuning splits", _SPLITS_HELP)
+    low.add_argument("--finetune-splits", metavar="DIR", help="write DIR/pretrain/ and DIR/finetune_LANG/")
+    low.add_argument("--finetune-language", default="en", choices=LANGUAGES,
+                     help="LANG, the labelled language (default: %(default)s)")
+    low.add_argument("--train-minutes", type=float, default=10.0, help="default: %(default)s")
+    low.add_argument("--dev-minutes", type=float, default=2.0, help="default: %(default)s")
+    low.add_argument("--test-minutes", type=float, default=4.0, help="default: %(default)s")
     low.add_argument("--max-seconds", type=float, default=12.0,
-                     help="longer prompts are only pretrained on")
-    low.add_argument("--finetune-seed", type=int, default=1, help="seed of this split (--seed: the corpus's)")
+                     help="longer prompts are only pretrained on (default: %(default)s)")
+    low.add_argument("--finetune-seed", type=int, default=1,
+                     help="seed of these splits; --seed is the corpus's (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
