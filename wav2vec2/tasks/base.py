@@ -35,6 +35,17 @@ from wav2vec2.data import RawAudioDataset
 from wav2vec2.config import TrainConfig
 
 
+RESERVED = frozenset({
+    "sample_size",  # the summed LossOutput.sample_size, added to the sums `metrics` gets
+    "utterances", "lr", "grad_norm", "loss_scale",  # the loop's numbers of each update
+    "data_wait_sec", "audio_sec_per_sec",  # throughput
+    "nonfinite_skips", "bad_files",  # run totals
+    "split", "num_updates", "time",  # every record of metrics.jsonl
+})
+"""Names the loop writes itself: a task's sums and metrics must not use them, nor
+`best_{best_metric}` (validation rows), or the loop raises ValueError naming the name."""
+
+
 @dataclass
 class LossOutput:
     loss: Tensor

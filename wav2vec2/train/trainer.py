@@ -41,6 +41,7 @@ from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file
 from wav2vec2.train.optim import (
     build_loss_scaler, build_optimizer, grad_norm, lr_at, resolve_precision, scale_grads_, set_lr,
 )
+from wav2vec2.train.sums import Sums, refuse_reserved
 
 log = logging.getLogger("wav2vec2.train")
 
@@ -98,6 +99,8 @@ class Trainer:
         self._consecutive_nonfinite = 0
         self.num_bad_files = 0
         """Files the data pipeline replaced (`data.bad_files: skip`), over all ranks and the whole run."""
+        self.update_audio_sec = 0.0
+        """Seconds of audio (all ranks, unpadded) in the last update: the loop's throughput."""
         self.bad_file_log = BadFileLog(self.run_dir, self.dist.rank)
         self._stop_requested = False
         self._interrupted = False
@@ -175,7 +178,7 @@ class Trainer:
         self.ddp_model.train()
         loss_scale = self.scaler.scale if self.scaler is not None else 1.0
         self.optimizer.zero_grad(set_to_none=True)
-        sums = _Sums(self.device)
+        sums = Sums(self.task, self.device)
         for i, (epoch, position, batch) in enumerate(micro_batches):
             self.generator.manual_seed(batch_seed(self.cfg.seed, epoch, position, stream=STREAM_TRAIN))
             last = i == len(micro_batches) - 1
@@ -189,10 +192,10 @@ class Trainer:
                 (out.loss * loss_scale).backward()
             # The back-propagated loss joins the sums, so its finiteness is decided on the
             # all-reduced total: the same on every rank, and no host sync per micro-batch.
-            sums.add(out.sums, sample_size=out.sample_size, _loss=out.loss.detach(), _bad_files=num_bad, **counts)
-        totals = sums.all_reduce()
-        self.num_bad_files += int(totals.pop("_bad_files"))
-        loss_sum = totals.pop("_loss")
+            sums.add(out.sums, sample_size=out.sample_size, loss=out.loss.detach(), bad_files=num_bad, **counts)
+        totals, own = sums.all_reduce()
+        self.num_bad_files += int(own["bad_files"])
+        loss_sum = own["loss"]
         n = totals["sample_size"]
         # DDP averaged over ranks: x world / n turns the summed-loss gradient into a per-sample mean.
         scale_grads_(self.params, self.dist.world_size / (n * loss_scale))
@@ -212,10 +215,11 @@ class Trainer:
         lr = lr_at(self.num_updates, self.cfg.optim)
         set_lr(self.optimizer, lr)
         metrics = self.task.metrics(totals, num_updates=self.num_updates)
+        refuse_reserved(self.task, metrics, "metric")
         self.optimizer.step()
         self.num_updates += 1
-        metrics.update(utterances=totals["utterances"], lr=lr, grad_norm=gnorm,
-                       audio_sec=totals["audio_samples"] / self.cfg.data.sample_rate)
+        self.update_audio_sec = own["audio_samples"] / self.cfg.data.sample_rate
+        metrics.update(utterances=own["utterances"], lr=lr, grad_norm=gnorm)
         if self.scaler is not None:
             metrics["loss_scale"] = loss_scale
         return metrics
@@ -249,7 +253,7 @@ class Trainer:
         if self.valid_loader is None:
             return None
         self.model.eval()
-        sums = _Sums(self.device)
+        sums = Sums(self.task, self.device)
         self.valid_sampler.set_epoch(1)
         for i, batch in enumerate(self.valid_loader):
             if self.cfg.train.max_valid_batches and i >= self.cfg.train.max_valid_batches:
@@ -262,11 +266,12 @@ class Trainer:
                 out = self.task.valid_step(self.model, self._to_device(batch), num_updates=self.num_updates,
                                            generator=self.generator)
             sums.add(out.sums, sample_size=out.sample_size, **counts)
-        totals = sums.all_reduce(uneven=True)
+        totals, own = sums.all_reduce(uneven=True)
         if totals.get("sample_size", 0) == 0:
             return None
         metrics = self.task.valid_metrics(totals, num_updates=self.num_updates)
-        metrics["utterances"] = totals["utterances"]
+        refuse_reserved(self.task, metrics, "metric")
+        metrics["utterances"] = own["utterances"]
         return metrics
 
     # ---------------------------------------------------------------- the loop
@@ -312,7 +317,7 @@ class Trainer:
             if metrics is None:
                 continue
             metrics["data_wait_sec"] = data_wait
-            metrics["audio_sec_per_sec"] = metrics.pop("audio_sec") / (time.monotonic() - t0)
+            metrics["audio_sec_per_sec"] = self.update_audio_sec / (time.monotonic() - t0)
             averager.add(metrics)
             u = self.num_updates
             if u % cfg.logging.log_every == 0 or u == end:
@@ -531,36 +536,6 @@ class Trainer:
         others = [k for k, v in _flatten(current).items() if _flatten(saved).get(k, v) != v]
         if others:
             log.warning("model settings differ from %s: %s", path, ", ".join(others))
-
-
-class _Sums:
-    """Named metric sums of one update (or one validation), added over micro-batches in
-    float64 on the device and all-reduced over ranks in a single call."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.keys: list[str] | None = None
-        self.total: torch.Tensor | None = None
-
-    def add(self, sums: dict[str, Any], **extra: Any) -> None:
-        named = {**sums, **extra}
-        keys = sorted(named)
-        if self.keys is None:
-            self.keys = keys
-        elif keys != self.keys:
-            raise ValueError(f"a task's sums must have the same keys every time: {keys} vs {self.keys}")
-        part = torch.stack([torch.as_tensor(named[k], dtype=torch.float64, device=self.device) for k in keys])
-        self.total = part if self.total is None else self.total + part
-
-    def all_reduce(self, *, uneven: bool = False) -> dict[str, float]:
-        """The sums over every rank as Python floats (the update's one host sync of them).
-        With `uneven` (validation), a rank that had no batch contributes zeros."""
-        keys = dist_utils.broadcast_object(self.keys) if uneven else self.keys
-        if keys is None:
-            return {}
-        total = self.total if self.total is not None else torch.zeros(len(keys), dtype=torch.float64,
-                                                                      device=self.device)
-        return dict(zip(keys, dist_utils.all_reduce_sum(total).tolist()))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
