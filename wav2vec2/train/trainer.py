@@ -28,13 +28,12 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from wav2vec2.files import atomic_write, load_checkpoint
-from wav2vec2.config import architecture_differences
+from wav2vec2.files import atomic_write
 from wav2vec2.data import STREAM_TRAIN, STREAM_VALID, BatchStream, TokenBudgetBatchSampler, batch_seed, build_dataloader
 from wav2vec2.tasks.base import Task
 from wav2vec2.train import checkpoint as ckpt
 from wav2vec2.train import distributed as dist_utils
-from wav2vec2.train import rng
+from wav2vec2.train import resume, rng
 from wav2vec2.config import TrainConfig, validate
 from wav2vec2.train.faults import BadFileLog, too_many_nonfinite
 from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging
@@ -44,8 +43,6 @@ from wav2vec2.train.optim import (
 from wav2vec2.train.sums import Sums, refuse_reserved
 
 log = logging.getLogger("wav2vec2.train")
-
-CHECKPOINT_VERSION = 2  # 2: + "task" state and "best_valid_metric"; version 1 files still load
 
 
 class Trainer:
@@ -420,7 +417,7 @@ class Trainer:
         """Everything needed to continue exactly: collective (all ranks must call it)."""
         rng_states = dist_utils.all_gather_object(rng.rng_state())
         return {
-            "version": CHECKPOINT_VERSION,
+            "version": resume.CHECKPOINT_VERSION,
             "task": self.task.name,
             "task_state": self.task.state_dict(),
             "model": self.model.state_dict(),
@@ -456,42 +453,34 @@ class Trainer:
             raise ckpt.CheckpointWriteError(f"rank 0 could not write a checkpoint to {self.run_dir} (its log says why)")
 
     def _restore(self) -> None:
-        """Resume from `run_dir` if it holds a checkpoint, else start from
-        `checkpoint.continue_from` with its resets, else start fresh."""
-        found = ckpt.load_latest(self.run_dir)
-        c = self.cfg.checkpoint
-        if found is not None:
-            path, state = found
-            resets = dict(optimizer=False, schedule=False, dataloader=False, rng=False)
-        elif c.continue_from:
-            path = Path(c.continue_from)
-            state = load_checkpoint(path)
-            resets = dict(optimizer=c.reset_optimizer, schedule=c.reset_schedule,
-                          dataloader=c.reset_dataloader, rng=True)
-        else:
-            return
-        saved_task = state.get("task", "pretrain")  # version 1 checkpoints are pretraining ones
-        if saved_task != self.task.name:
-            raise ValueError(f"{path} is a checkpoint of the {saved_task!r} task, this run is {self.task.name!r}")
-        self._check_config(state, path)
-        self._check_architecture(state, path)
+        """Resume or continue from a checkpoint (`resume.find_start`), if there is one."""
+        start = resume.find_start(self.run_dir, self.cfg.checkpoint)
+        if start is not None:
+            resume.check_fits(start, task=self.task.name, model=self.cfg.model)
+            self.load_state_dict(start.state, start.resets)
+            log.info("restored %s at update %d (resets: %s)", start.path, self.num_updates,
+                     start.resets.names() or "none")
+
+    def load_state_dict(self, state: dict[str, Any], resets: resume.Resets) -> None:
+        """Restore what `state_dict` saved, but for what `resets` says to leave as it is."""
         self.model.load_state_dict(state["model"])
         self.task.load_state_dict(state.get("task_state", {}))
-        if not resets["optimizer"]:
+        if not resets.optimizer:
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scaler is not None and state.get("loss_scaler"):
                 self.scaler.load_state_dict(state["loss_scaler"])
-        if not resets["schedule"]:
+        if not resets.schedule:
             self.num_updates = int(state["num_updates"])
             self.num_nonfinite_skips = int(state.get("nonfinite_skips", 0))
             self.num_bad_files = int(state.get("bad_files", 0))
-        if not resets["dataloader"]:
+        if not resets.dataloader:
             try:
                 self.stream.load_state_dict(state["data"])
             except ValueError as err:  # other world size or batching: position is meaningless
                 log.warning("cannot restore the data position (%s); starting the next epoch", err)
                 self.stream.epoch, self.stream.consumed = state["data"]["epoch"] + 1, 0
-        if not resets["rng"]:
+        if not resets.rng:
+            # version 1: "best_valid_loss"
             best = state.get("best_valid_metric", {"name": "loss", "value": state.get("best_valid_loss")})
             if best["name"] == self.task.best_metric and best["value"] is not None:
                 self.best_valid = float(best["value"])
@@ -500,52 +489,6 @@ class Trainer:
             else:
                 log.warning("checkpoint from %s ranks, now %s: RNG streams restart", state.get("world_size"),
                             self.dist.world_size)
-        log.info("restored %s at update %d (resets: %s)", path, self.num_updates,
-                 [k for k, v in resets.items() if v] or "none")
-
-    @staticmethod
-    def _check_config(state: dict[str, Any], path: Path) -> None:
-        """A checkpoint's config must fit today's schema (no unknown key, every value of its
-        field's type) before anything of it is used: raise naming the key. Version 1 files
-        predate the current names and are only checked on their architecture."""
-        if state.get("version", 1) < 2 or "config" not in state:
-            return
-        from omegaconf.errors import OmegaConfBaseException
-
-        from wav2vec2.tasks import config_from_dict
-
-        try:
-            config_from_dict(state["config"])
-        except (OmegaConfBaseException, ValueError) as err:
-            key = getattr(err, "full_key", None)
-            what = f"{key}: {str(err).splitlines()[0]}" if key else str(err).splitlines()[0]
-            raise ValueError(f"{path}: its config does not fit this version's schema ({what}); it was written "
-                             "by another version of wav2vec2 or edited by hand") from None
-
-    def _check_architecture(self, state: dict[str, Any], path: Path) -> None:
-        """A different architecture cannot load: raise naming the keys. Other model
-        settings (dropout, masking...) may change when continuing: warn."""
-        saved = state.get("config", {}).get("model")
-        if saved is None:
-            return
-        bad = architecture_differences(saved, self.cfg.model)
-        if bad:
-            raise ValueError(f"{path} was trained with a different model architecture: "
-                             f"model.{', model.'.join(bad)} differ")
-        current = dataclasses.asdict(self.cfg.model)
-        others = [k for k, v in _flatten(current).items() if _flatten(saved).get(k, v) != v]
-        if others:
-            log.warning("model settings differ from %s: %s", path, ", ".join(others))
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def _write_config(cfg: TrainConfig, path: Path) -> None:
