@@ -20,7 +20,6 @@ import dataclasses
 import logging
 import math
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from wav2vec2.train import resume, rng
 from wav2vec2.config import TrainConfig, validate
 from wav2vec2.train.faults import BadFileLog, too_many_nonfinite
 from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging
+from wav2vec2.train.stopping import StopRequests
 from wav2vec2.train.optim import (
     build_loss_scaler, build_optimizer, grad_norm, lr_at, resolve_precision, scale_grads_, set_lr,
 )
@@ -99,8 +99,6 @@ class Trainer:
         self.update_audio_sec = 0.0
         """Seconds of audio (all ranks, unpadded) in the last update: the loop's throughput."""
         self.bad_file_log = BadFileLog(self.run_dir, self.dist.rank)
-        self._stop_requested = False
-        self._interrupted = False
         self.stop_reason: str | None = None
         """Why the last `fit` ended before `optim.max_update` / `train.stop_at_update`, with a
         checkpoint written: "preempted" (SIGTERM, SIGUSR1, `train.time_limit_minutes`) or
@@ -285,12 +283,10 @@ class Trainer:
         if self.num_updates >= end:
             log.info("run already at update %d of %d: nothing to do", self.num_updates, end)
             return None
-        previous_handlers = self._install_signal_handlers()
         try:
-            return self._loop(end)
+            with StopRequests(time_limit_minutes=cfg.train.time_limit_minutes, device=self.device) as stop:
+                return self._loop(end, stop)
         finally:
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
             if self.metrics is not None:
                 self.metrics.close()
             if getattr(self, "_log_file", None) is not None:
@@ -298,9 +294,8 @@ class Trainer:
                 self._log_file.close()
                 self._log_file = None
 
-    def _loop(self, end: int) -> dict[str, float] | None:
+    def _loop(self, end: int, stop_requests: StopRequests) -> dict[str, float] | None:
         cfg = self.cfg
-        t_start = time.monotonic()
         averager = Averager(weights=self.task.interval_weights)
         valid: dict[str, float] | None = None
         validated_at = -1
@@ -329,7 +324,7 @@ class Trainer:
                 new_best = self._is_best(valid)
             else:
                 new_best = False
-            stop = self._should_stop(t_start)
+            stop = stop_requests.reason()
             snapshot = u % cfg.checkpoint.save_every == 0
             refresh = cfg.checkpoint.save_last_every and u % cfg.checkpoint.save_last_every == 0
             if (snapshot or refresh or stop or new_best) and u < end:
@@ -379,38 +374,6 @@ class Trainer:
         self.metrics.log(split, self.num_updates, metrics)
         for warning in self.task.health(self.metrics.history):
             log.warning("[%s %d] %s", split, self.num_updates, warning)
-
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        """SIGTERM / SIGUSR1 (SLURM preemption) and Ctrl-C ask for a checkpoint at the next
-        update; a second Ctrl-C stops at once (the last checkpoint stays)."""
-        def request_stop(signum: int, frame: Any) -> None:
-            if signum == signal.SIGINT:
-                if self._stop_requested:
-                    raise KeyboardInterrupt
-                log.warning("Ctrl-C: stopping with a checkpoint after this update (Ctrl-C again to quit now)")
-                self._interrupted = True
-            else:
-                log.warning("%s: stopping with a checkpoint after this update", signal.Signals(signum).name)
-            self._stop_requested = True
-
-        previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)):
-            if sig is not None:
-                with contextlib.suppress(ValueError):  # not the main thread
-                    previous[sig] = signal.signal(sig, request_stop)
-        return previous
-
-    def _should_stop(self, t_start: float) -> str | None:
-        """None to go on, else the `stop_reason`: "interrupted" (Ctrl-C on any rank) or
-        "preempted" (SIGTERM / SIGUSR1 or the time limit)."""
-        limit = self.cfg.train.time_limit_minutes
-        stop = self._stop_requested or (limit > 0 and time.monotonic() - t_start > 60 * limit)
-        # One rank's signal must stop them all at the same update, for the same reason.
-        flags = dist_utils.all_reduce_sum(torch.tensor([float(stop), float(self._interrupted)], device=self.device))
-        stop_any, interrupted_any = flags.tolist()
-        if not stop_any:
-            return None
-        return "interrupted" if interrupted_any else "preempted"
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
