@@ -136,7 +136,7 @@ def test_a_non_finite_update_is_skipped_counted_and_training_goes_on(
     trainer.train_step = step
     with caplog.at_level(logging.WARNING, logger="wav2vec2"):
         trainer.fit()
-    assert trainer.num_updates == 4 and trainer.num_nonfinite_skips == 1 and trainer.stop_reason is None
+    assert trainer.num_updates == 4 and trainer.nonfinite.total == 1 and trainer.stop_reason is None
 
     opt_before, model_before = around_skip["before"]
     opt_after, model_after, updates_after, out = around_skip["after"]
@@ -184,7 +184,7 @@ def test_a_diverged_model_stops_with_the_causes_and_keeps_the_last_good_checkpoi
     assert "3 updates in a row" in message and "train.max_consecutive_nonfinite=2" in message
     for cause in ("optim.lr", "warmup", "bf16", "feature_grad_mult", "data.normalize"):
         assert cause in message
-    assert trainer.num_updates == 4 and trainer.num_nonfinite_skips == 3
+    assert trainer.num_updates == 4 and trainer.nonfinite.total == 3
     assert (run / ckpt.LAST).read_bytes() == good and load_checkpoint(run / ckpt.LAST)["num_updates"] == 4
 
 
@@ -361,7 +361,7 @@ def _ddp_nan_worker(rank: int, port: int, cfg, out: str) -> None:
     trainer = make_trainer(cfg)
     _poison(trainer, {2} if rank == 1 else set(), "loss")
     trainer.fit()
-    Path(f"{out}.{rank}").write_text(json.dumps([trainer.num_updates, trainer.num_nonfinite_skips]))
+    Path(f"{out}.{rank}").write_text(json.dumps([trainer.num_updates, trainer.nonfinite.total]))
     dist_utils.destroy()
 
 

@@ -34,7 +34,7 @@ from wav2vec2.train import checkpoint as ckpt
 from wav2vec2.train import distributed as dist_utils
 from wav2vec2.train import resume, rng
 from wav2vec2.config import TrainConfig, validate
-from wav2vec2.train.faults import BadFileLog, too_many_nonfinite
+from wav2vec2.train.faults import BadFileLog, NonFiniteSkips
 from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging
 from wav2vec2.train.stopping import StopRequests
 from wav2vec2.train.optim import (
@@ -91,9 +91,8 @@ class Trainer:
         self.valid_loader = self._build_valid_loader()
         self.num_updates = 0
         self.best_valid = -math.inf if task.higher_is_better else math.inf
-        self.num_nonfinite_skips = 0
-        """Updates skipped for an inf/nan loss or gradient norm (fp32/bf16), over the whole run."""
-        self._consecutive_nonfinite = 0
+        self.nonfinite = NonFiniteSkips(limit=cfg.train.max_consecutive_nonfinite, run_dir=self.run_dir,
+                                        rank=self.dist.rank)
         self.num_bad_files = 0
         """Files the data pipeline replaced (`data.bad_files: skip`), over all ranks and the whole run."""
         self.update_audio_sec = 0.0
@@ -166,7 +165,7 @@ class Trainer:
 
         Returns the update's metrics, or None when the update is skipped: fp16 overflowed
         (the loss scaler lowers its scale), or in fp32/bf16 the loss or gradient norm is
-        not finite (see `_skip_nonfinite`). A skipped update leaves the weights, the
+        not finite (`faults.NonFiniteSkips`). A skipped update leaves the weights, the
         optimizer and the update count (hence lr and any schedule of the task) as they
         were; its batches are consumed all the same.
         """
@@ -204,9 +203,11 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
         elif nonfinite:
-            self._skip_nonfinite(micro_batches, loss_sum=loss_sum, gnorm=gnorm)
+            self.optimizer.zero_grad(set_to_none=True)
+            files = [self.train_dataset.describe(int(i)) for _, _, batch in micro_batches for i in batch["id"]]
+            self.nonfinite.skipped(self.num_updates + 1, loss_sum=loss_sum, grad_norm=gnorm, files=files)
             return None
-        self._consecutive_nonfinite = 0
+        self.nonfinite.in_a_row = 0
         lr = lr_at(self.num_updates, self.cfg.optim)
         set_lr(self.optimizer, lr)
         metrics = self.task.metrics(totals, num_updates=self.num_updates)
@@ -218,24 +219,6 @@ class Trainer:
         if self.scaler is not None:
             metrics["loss_scale"] = loss_scale
         return metrics
-
-    def _skip_nonfinite(self, micro_batches: list[tuple[int, int, dict[str, Any]]], *, loss_sum: float,
-                        gnorm: float) -> None:
-        """Drop an update whose loss or gradient norm is inf/nan; stop the run after more
-        than `train.max_consecutive_nonfinite` in a row. Every rank gets here together
-        (both numbers are all-reduced), and each names its own share of the batch."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self.num_nonfinite_skips += 1
-        self._consecutive_nonfinite += 1
-        u = self.num_updates + 1
-        files = [self.train_dataset.describe(int(i)) for _, _, batch in micro_batches for i in batch["id"]]
-        log.warning("non-finite %s at update %d (loss sum %g, grad norm %g): update skipped (%d in a row, %d "
-                    "in this run); rank %d's batch: %s", "loss" if not math.isfinite(loss_sum) else "gradient norm",
-                    u, loss_sum, gnorm, self._consecutive_nonfinite, self.num_nonfinite_skips, self.dist.rank,
-                    "; ".join(files))
-        limit = self.cfg.train.max_consecutive_nonfinite
-        if self._consecutive_nonfinite > limit:
-            raise too_many_nonfinite(self._consecutive_nonfinite, update=u, limit=limit, run_dir=self.run_dir)
 
     # ---------------------------------------------------------------- validation
     @torch.no_grad()
@@ -347,7 +330,7 @@ class Trainer:
     def _run_counts(self) -> dict[str, int]:
         """Run totals that join the train rows once they are non-zero (rows of a clean run
         stay as they were): skipped non-finite updates and replaced bad files."""
-        counts = {"nonfinite_skips": self.num_nonfinite_skips, "bad_files": self.num_bad_files}
+        counts = {"nonfinite_skips": self.nonfinite.total, "bad_files": self.num_bad_files}
         return {k: v for k, v in counts.items() if v}
 
     def _validate(self) -> dict[str, float] | None:
@@ -387,7 +370,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "loss_scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "num_updates": self.num_updates,
-            "nonfinite_skips": self.num_nonfinite_skips,
+            "nonfinite_skips": self.nonfinite.total,
             "bad_files": self.num_bad_files,
             "best_valid_metric": {"name": self.task.best_metric, "value": self.best_valid},
             "data": self.stream.state_dict(),
@@ -434,7 +417,7 @@ class Trainer:
                 self.scaler.load_state_dict(state["loss_scaler"])
         if not resets.schedule:
             self.num_updates = int(state["num_updates"])
-            self.num_nonfinite_skips = int(state.get("nonfinite_skips", 0))
+            self.nonfinite.total = int(state.get("nonfinite_skips", 0))
             self.num_bad_files = int(state.get("bad_files", 0))
         if not resets.dataloader:
             try:
