@@ -380,23 +380,10 @@ class Trainer:
         }
 
     def save(self, *, snapshot: bool, best: bool) -> None:
-        """Write the checkpoint files (rank 0). A write that fails (disk full, permissions)
-        stops the run on every rank with CheckpointWriteError: the files already there stay
-        intact, and a run that cannot checkpoint must not train on for days at risk."""
-        state = self.state_dict()
-        failure: ckpt.CheckpointWriteError | None = None
-        if self.dist.is_main:
-            try:
-                ckpt.save(self.run_dir, state, snapshot=snapshot, best=best, keep_last=self.cfg.checkpoint.keep_last)
-            except ckpt.CheckpointWriteError as err:
-                log.error("%s", err)
-                failure = err
-        # Also the barrier: every rank learns whether rank 0's write worked.
-        failed = dist_utils.all_reduce_sum(torch.tensor([float(failure is not None)], device=self.device))
-        if failure is not None:
-            raise failure
-        if failed.item() > 0:
-            raise ckpt.CheckpointWriteError(f"rank 0 could not write a checkpoint to {self.run_dir} (its log says why)")
+        """Write `checkpoint_last` (and a snapshot, `checkpoint_best`): a collective, every
+        rank raises CheckpointWriteError if rank 0 could not write (`checkpoint.save_from_rank0`)."""
+        ckpt.save_from_rank0(self.run_dir, self.state_dict(), is_main=self.dist.is_main, device=self.device,
+                             snapshot=snapshot, best=best, keep_last=self.cfg.checkpoint.keep_last)
 
     def _restore(self) -> None:
         """Resume or continue from a checkpoint (`resume.find_start`), if there is one."""
