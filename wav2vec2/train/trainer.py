@@ -281,9 +281,7 @@ class Trainer:
         cfg = self.cfg
         averager = Averager(weights=self.task.interval_weights)
         valid: dict[str, float] | None = None
-        validated_at = -1
         micro_epoch = self.stream.epoch
-        new_best = False
         while self.num_updates < end:
             t0 = time.monotonic()
             micro = [self.stream.next() for _ in range(cfg.optim.update_freq)]
@@ -295,36 +293,30 @@ class Trainer:
             metrics["audio_sec_per_sec"] = self.update_audio_sec / (time.monotonic() - t0)
             averager.add(metrics)
             u = self.num_updates
-            if u % cfg.logging.log_every == 0 or u == end:
+            last = u == end  # always logged, validated and checkpointed
+            if u % cfg.logging.log_every == 0 or last:
                 self._log("train", {**averager.mean(), **self._run_counts()})
                 averager.reset()
             new_epoch = micro[-1][0] > micro_epoch
             micro_epoch = micro[-1][0]
             due = (cfg.train.validate_every and u % cfg.train.validate_every == 0) or (
                 cfg.train.validate_every_epoch and new_epoch)
-            if due and u >= cfg.train.validate_after_updates:
-                valid, validated_at = self._validate(), u
+            new_best = False
+            if last or (due and u >= cfg.train.validate_after_updates):
+                valid = self._validate()
                 new_best = self._is_best(valid)
-            else:
-                new_best = False
             stop = stop_requests.reason()
             snapshot = u % cfg.checkpoint.save_every == 0
             refresh = cfg.checkpoint.save_last_every and u % cfg.checkpoint.save_last_every == 0
-            if (snapshot or refresh or stop or new_best) and u < end:
+            if snapshot or refresh or stop or new_best or last:
                 self.save(snapshot=snapshot, best=new_best)
-            if stop and u < end:
+            if stop and not last:
                 self.stop_reason = stop
                 log.info("stopped at update %d with a checkpoint; rerun the same command to resume", u)
                 break
-        if self.num_updates == end:
-            if validated_at != self.num_updates:
-                valid = self._validate()
-                new_best = self._is_best(valid)
-            snapshot = self.num_updates % cfg.checkpoint.save_every == 0
-            self.save(snapshot=snapshot, best=new_best)
-            if self.metrics is not None and self.metrics.history:
-                lines, _ = self.task.verdict(self.metrics.history)
-                log.info("summary of %s\n%s", self.run_dir, "\n".join(lines))
+        if self.num_updates == end and self.metrics is not None and self.metrics.history:
+            lines, _ = self.task.verdict(self.metrics.history)
+            log.info("summary of %s\n%s", self.run_dir, "\n".join(lines))
         return valid
 
     def _run_counts(self) -> dict[str, int]:
