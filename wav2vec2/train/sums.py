@@ -68,3 +68,10 @@ class Sums:
                                                                       dtype=torch.float64, device=self.device)
         values = dist_utils.all_reduce_sum(total).tolist()
         return dict(zip(task_keys, values)), dict(zip(loop_keys, values[len(task_keys):]))
+
+
+def batch_counts(batch: dict[str, Any]) -> dict[str, int]:
+    """The loop's own counts of a (host) batch: utterances and unpadded audio samples."""
+    padding = batch.get("padding_mask")
+    samples = batch["source"].numel() if padding is None else int((~padding).sum())
+    return {"utterances": batch["source"].shape[0], "audio_samples": samples}

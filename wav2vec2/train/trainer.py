@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from wav2vec2.files import atomic_write
 from wav2vec2.data import STREAM_TRAIN, STREAM_VALID, BatchStream, TokenBudgetBatchSampler, batch_seed, build_dataloader
 from wav2vec2.tasks.base import Task
-from wav2vec2.train import checkpoint as ckpt
-from wav2vec2.train import distributed as dist_utils
-from wav2vec2.train import resume, rng
+from wav2vec2.train import checkpoint as ckpt, distributed as dist_utils, resume, rng
 from wav2vec2.config import TrainConfig, validate
 from wav2vec2.train.faults import BadFileLog, NonFiniteSkips
 from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging
@@ -40,7 +39,7 @@ from wav2vec2.train.stopping import StopRequests
 from wav2vec2.train.optim import (
     build_loss_scaler, build_optimizer, grad_norm, lr_at, resolve_precision, scale_grads_, set_lr,
 )
-from wav2vec2.train.sums import Sums, refuse_reserved
+from wav2vec2.train.sums import Sums, batch_counts, refuse_reserved
 
 log = logging.getLogger("wav2vec2.train")
 
@@ -106,7 +105,7 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._log_file = log_to_file(self.run_dir / "train.log", held_log)
-            _write_config(cfg, self.run_dir / "config.yaml")
+            atomic_write(self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)).encode())
         dist_utils.barrier()
         self._restore()
         self.metrics = (
@@ -152,13 +151,6 @@ class Trainer:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                 for k, v in batch.items()}
 
-    @staticmethod
-    def _batch_counts(batch: dict[str, Any]) -> dict[str, Any]:
-        """Utterances and unpadded audio samples of a (host) batch, for throughput."""
-        padding = batch.get("padding_mask")
-        samples = batch["source"].numel() if padding is None else int((~padding).sum())
-        return {"utterances": batch["source"].shape[0], "audio_samples": samples}
-
     # ---------------------------------------------------------------- one update
     def train_step(self, micro_batches: list[tuple[int, int, dict[str, Any]]]) -> dict[str, float] | None:
         """Forward/backward over this rank's micro-batches, then one optimizer update.
@@ -178,7 +170,7 @@ class Trainer:
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last or self.ddp_model is self.model else self.ddp_model.no_sync()
             num_bad = self.bad_file_log.take(batch, update=self.num_updates + 1)
-            counts = self._batch_counts(batch)
+            counts = batch_counts(batch)
             with sync:
                 with self._autocast():
                     out = self.task.loss(self.ddp_model, self._to_device(batch), num_updates=self.num_updates,
@@ -239,7 +231,7 @@ class Trainer:
             position = self.dist.rank + i * self.dist.world_size
             self.generator.manual_seed(batch_seed(self.cfg.seed, 0, position, stream=STREAM_VALID))
             self.bad_file_log.take(batch, update=self.num_updates + 1)
-            counts = self._batch_counts(batch)
+            counts = batch_counts(batch)
             with self._autocast():
                 out = self.task.valid_step(self.model, self._to_device(batch), num_updates=self.num_updates,
                                            generator=self.generator)
@@ -303,8 +295,7 @@ class Trainer:
                 cfg.train.validate_every_epoch and new_epoch)
             new_best = False
             if last or (due and u >= cfg.train.validate_after_updates):
-                valid = self._validate()
-                new_best = self._is_best(valid)
+                valid, new_best = self._validate()
             stop = stop_requests.reason()
             snapshot = u % cfg.checkpoint.save_every == 0
             refresh = cfg.checkpoint.save_last_every and u % cfg.checkpoint.save_last_every == 0
@@ -325,23 +316,19 @@ class Trainer:
         counts = {"nonfinite_skips": self.nonfinite.total, "bad_files": self.num_bad_files}
         return {k: v for k, v in counts.items() if v}
 
-    def _validate(self) -> dict[str, float] | None:
+    def _validate(self) -> tuple[dict[str, float] | None, bool]:
+        """Validate and log; the metrics (None without a valid set) and whether they are the
+        best so far by the task's `best_metric` (then `best_valid` is theirs)."""
         valid = self.evaluate()
-        if valid is not None:
-            key = self.task.best_metric
-            pick = max if self.task.higher_is_better else min
-            valid[f"best_{key}"] = pick(self.best_valid, valid[key])
-            self._log("valid", valid)
-        return valid
-
-    def _is_best(self, valid: dict[str, float] | None) -> bool:
         if valid is None:
-            return False
+            return None, False
         value = valid[self.task.best_metric]
         better = value > self.best_valid if self.task.higher_is_better else value < self.best_valid
         if better:
             self.best_valid = value
-        return better
+        valid[f"best_{self.task.best_metric}"] = self.best_valid
+        self._log("valid", valid)
+        return valid, better
 
     def _log(self, split: str, metrics: dict[str, float]) -> None:
         if self.metrics is None:
@@ -414,9 +401,3 @@ class Trainer:
             else:
                 log.warning("checkpoint from %s ranks, now %s: RNG streams restart", state.get("world_size"),
                             self.dist.world_size)
-
-
-def _write_config(cfg: TrainConfig, path: Path) -> None:
-    from omegaconf import OmegaConf
-
-    atomic_write(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)).encode())
