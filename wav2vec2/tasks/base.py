@@ -57,6 +57,24 @@ class LossOutput:
     micro-batches and ranks before `Task.metrics` turns them into logged numbers."""
 
 
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a run's curves (`python -m wav2vec2.train.plots RUN`), against updates."""
+
+    title: str
+    train: tuple[tuple[str, str], ...] = ()
+    """(metric, legend label) of the lines drawn from the train rows."""
+    valid: tuple[tuple[str, str], ...] = ()
+    """(metric, legend label) of the lines drawn, with markers, from the validation rows."""
+    references: tuple[tuple[float, str], ...] = ()
+    """(value, legend label) of dashed horizontal lines: chance, a collapse floor..."""
+    ylabel: str = ""
+    ylim: tuple[float, float] | None = None
+    """Fixed y range, where one curve would squash the others; None: matplotlib's."""
+    lr: bool = False
+    """Also draw the learning rate, on a second y axis."""
+
+
 class Task:
     """Base class of the tasks (see the module docstring)."""
 
@@ -134,6 +152,10 @@ class Task:
         """Warnings about the newest record of `history` (every logged record so far, each
         with "split", "num_updates" and the metrics), in the light of the ones before."""
         return []
+
+    def panels(self) -> list[Panel]:
+        """What `curves.png` shows, panel by panel."""
+        return [Panel("loss", train=(("loss", "train"),), valid=(("loss", "valid"),), lr=True)]
 
     def describe(self, metrics: dict[str, float]) -> list[str]:
         """The lines of the end-of-run summary that show `metrics` (a validation result)."""

@@ -97,6 +97,20 @@ def save_from_rank0(
         raise CheckpointWriteError(f"rank 0 could not write a checkpoint to {run_dir} (its log says why)")
 
 
+def describe_best(run_dir: Path) -> str:
+    """One line: the update `checkpoint_best.pt` holds and its validation metric."""
+    path = Path(run_dir) / BEST
+    if not path.is_file():
+        return f"no {BEST}: the run has not validated"
+    try:
+        state = load_checkpoint(path, mmap=True)  # the tensors stay on disk
+    except Exception as err:  # noqa: BLE001 - a summary line, not a reason to fail a finished run
+        return f"{BEST} does not load: {err}"
+    best = state.get("best_valid_metric") or {"name": "loss", "value": state.get("best_valid_loss")}  # version 1
+    value = "unknown" if best["value"] is None else f"{best['value']:.4g}"
+    return f"{BEST} holds update {state['num_updates']}: valid {best['name']} {value}"
+
+
 def snapshots(run_dir: Path) -> list[Path]:
     """Interval snapshots, oldest first."""
     found = [p for p in Path(run_dir).glob("checkpoint_*.pt") if _SNAPSHOT.match(p.name)]

@@ -36,6 +36,7 @@ from wav2vec2.config import TrainConfig, validate
 from wav2vec2.train.faults import BadFileLog, NonFiniteSkips
 from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging
 from wav2vec2.train.stopping import StopRequests
+from wav2vec2.train.plots import summary
 from wav2vec2.train.optim import (
     build_loss_scaler, build_optimizer, grad_norm, lr_at, resolve_precision, scale_grads_, set_lr,
 )
@@ -306,7 +307,7 @@ class Trainer:
                 log.info("stopped at update %d with a checkpoint; rerun the same command to resume", u)
                 break
         if self.num_updates == end and self.metrics is not None and self.metrics.history:
-            lines, _ = self.task.verdict(self.metrics.history)
+            lines, _ = summary(self.run_dir, self.task, self.metrics.history)
             log.info("summary of %s\n%s", self.run_dir, "\n".join(lines))
         return valid
 
