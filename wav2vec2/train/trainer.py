@@ -1,9 +1,12 @@
 """The training loop: any task, one process or many (DDP), fp32 / bf16 / fp16, exact resume.
 
-What is trained is the task's business (`wav2vec2.tasks`): its model, data, loss and
-metrics. The loop owns everything else: devices, DDP, gradient accumulation with `no_sync`,
-precision and loss scaling, clipping, the lr schedule, checkpoints, exact resume, logging
-and the validation cadence.
+What is trained is the task's business (`wav2vec2.tasks`; the contract between the two is
+written in `tasks/base.py`): its model, data, loss and metrics. The loop owns everything
+else: devices, DDP, gradient accumulation with `no_sync`, precision and loss scaling,
+clipping, the lr schedule, logging, the validation cadence and checkpoints. What is not the
+loop itself sits beside it: `sums.py` (an update's sums, the task's apart from the loop's),
+`resume.py` (which checkpoint a run starts from, and whether it fits), `checkpoint.py`
+(the files), `stopping.py` (signals, time limit), `faults.py` (inf/nan updates, bad files).
 
 Gradient semantics are fairseq's (`trainer.py`, `train_step`): every rank back-propagates the *sum* of the
 loss over its micro-batches; after accumulation the gradients (averaged over ranks by DDP)
@@ -28,18 +31,18 @@ import torch
 from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from wav2vec2.files import atomic_write
+from wav2vec2.config import TrainConfig, validate
 from wav2vec2.data import STREAM_TRAIN, STREAM_VALID, BatchStream, TokenBudgetBatchSampler, batch_seed, build_dataloader
+from wav2vec2.files import atomic_write
 from wav2vec2.tasks.base import Task
 from wav2vec2.train import checkpoint as ckpt, distributed as dist_utils, resume, rng
-from wav2vec2.config import TrainConfig, validate
 from wav2vec2.train.faults import BadFileLog, NonFiniteSkips
 from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging
-from wav2vec2.train.stopping import StopRequests
-from wav2vec2.train.plots import summary
 from wav2vec2.train.optim import (
     build_loss_scaler, build_optimizer, grad_norm, lr_at, resolve_precision, scale_grads_, set_lr,
 )
+from wav2vec2.train.plots import summary
+from wav2vec2.train.stopping import StopRequests
 from wav2vec2.train.sums import Sums, batch_counts, refuse_reserved
 
 log = logging.getLogger("wav2vec2.train")
