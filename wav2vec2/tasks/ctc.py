@@ -12,7 +12,7 @@ vocabulary of `dict.ltr.txt`. As fairseq (`models/wav2vec/wav2vec2_asr.py`, `cri
 - the loss is `ctc_loss` summed over utterances (blank 0, `zero_infinity`), and the sample
   size is the number of utterances (`sentence_avg`);
 - validation decodes greedily and reports `wer` and `cer` in percent; the best
-  checkpoint is the one with the lowest WER.
+  checkpoint is the one with the lowest WER (or CER: `task.best_metric`).
 """
 
 from __future__ import annotations

@@ -49,6 +49,8 @@ log = logging.getLogger("wav2vec2.train")
 
 
 class Trainer:
+    """One run of one task: built (and restored) from the config, trained by `fit()`."""
+
     def __init__(self, cfg: TrainConfig, task: Task) -> None:
         self.dist = dist_utils.init_distributed(backend=cfg.distributed.backend, device=cfg.train.device,
                                                 timeout_minutes=cfg.distributed.timeout_minutes)
@@ -221,7 +223,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float] | None:
         """Validation metrics in eval mode, over the whole valid set of every rank.
 
-        The model's generator is reseeded per batch, so every validation of a run sees the
+        The task's generator is reseeded per batch, so every validation of a run sees the
         same random draws (pretraining's masks) and the curves compare like with like.
         """
         if self.valid_loader is None:
