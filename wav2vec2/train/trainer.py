@@ -22,14 +22,12 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from wav2vec2.config import TrainConfig, validate
 from wav2vec2.data import STREAM_TRAIN, STREAM_VALID, BatchStream, TokenBudgetBatchSampler, batch_seed, build_dataloader
@@ -64,21 +62,15 @@ class Trainer:
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
         if cfg.train.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
+            rng.set_deterministic()
 
         # Same init on every rank; then dropout streams differ per rank.
         torch.manual_seed(cfg.seed)
         self.model = task.build_model().to(self.device)
         rng.seed_global_rngs(cfg.seed + self.dist.rank)
-        self.ddp_model: torch.nn.Module = self.model
-        if self.dist.is_distributed:
-            unused = cfg.distributed.find_unused_parameters
-            if unused is None:
-                unused = task.has_unused_parameters()
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model = DDP(self.model, device_ids=ids, find_unused_parameters=unused)
+        unused = cfg.distributed.find_unused_parameters
+        self.ddp_model = dist_utils.data_parallel(
+            self.model, self.dist, find_unused_parameters=task.has_unused_parameters() if unused is None else unused)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.precision = resolve_precision(cfg.precision.dtype, self.device)
