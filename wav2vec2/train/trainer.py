@@ -177,10 +177,10 @@ class Trainer:
             # The back-propagated loss joins the sums, so its finiteness is decided on the
             # all-reduced total: the same on every rank, and no host sync per micro-batch.
             sums.add(out.sums, sample_size=out.sample_size, loss=out.loss.detach(), bad_files=num_bad, **counts)
-        totals, own = sums.all_reduce()
-        self.num_bad_files += int(own["bad_files"])
-        loss_sum = own["loss"]
-        n = totals["sample_size"]
+        task_sums, loop_sums = sums.all_reduce()
+        self.num_bad_files += int(loop_sums["bad_files"])
+        loss_sum = loop_sums["loss"]
+        n = task_sums["sample_size"]
         # DDP averaged over ranks: x world / n turns the summed-loss gradient into a per-sample mean.
         scale_grads_(self.params, self.dist.world_size / (n * loss_scale))
         gnorm = grad_norm(self.params, self.cfg.optim.clip_norm)  # all-reduced grads: agrees on all ranks
@@ -200,12 +200,12 @@ class Trainer:
         self.nonfinite.in_a_row = 0
         lr = lr_at(self.num_updates, self.cfg.optim)
         set_lr(self.optimizer, lr)
-        metrics = self.task.metrics(totals, num_updates=self.num_updates)
+        metrics = self.task.metrics(task_sums, num_updates=self.num_updates)
         refuse_reserved(self.task, metrics, "metric")
         self.optimizer.step()
         self.num_updates += 1
-        self.update_audio_sec = own["audio_samples"] / self.cfg.data.sample_rate
-        metrics.update(utterances=own["utterances"], lr=lr, grad_norm=gnorm)
+        self.update_audio_sec = loop_sums["audio_samples"] / self.cfg.data.sample_rate
+        metrics.update(utterances=loop_sums["utterances"], lr=lr, grad_norm=gnorm)
         if self.scaler is not None:
             metrics["loss_scale"] = loss_scale
         return metrics
@@ -234,12 +234,12 @@ class Trainer:
                 out = self.task.valid_step(self.model, self._to_device(batch), num_updates=self.num_updates,
                                            generator=self.generator)
             sums.add(out.sums, sample_size=out.sample_size, **counts)
-        totals, own = sums.all_reduce(uneven=True)
-        if totals.get("sample_size", 0) == 0:
+        task_sums, loop_sums = sums.all_reduce(uneven=True)
+        if task_sums.get("sample_size", 0) == 0:
             return None
-        metrics = self.task.valid_metrics(totals, num_updates=self.num_updates)
+        metrics = self.task.valid_metrics(task_sums, num_updates=self.num_updates)
         refuse_reserved(self.task, metrics, "metric")
-        metrics["utterances"] = own["utterances"]
+        metrics["utterances"] = loop_sums["utterances"]
         return metrics
 
     # ---------------------------------------------------------------- the loop
