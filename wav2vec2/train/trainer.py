@@ -35,7 +35,7 @@ from wav2vec2.files import atomic_write
 from wav2vec2.tasks.base import Task
 from wav2vec2.train import checkpoint as ckpt, distributed as dist_utils, resume, rng
 from wav2vec2.train.faults import BadFileLog, NonFiniteSkips
-from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging
+from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging, stop_log_to_file
 from wav2vec2.train.optim import (
     build_loss_scaler, build_optimizer, grad_norm, lr_at, resolve_precision, scale_grads_, set_lr,
 )
@@ -262,10 +262,8 @@ class Trainer:
         finally:
             if self.metrics is not None:
                 self.metrics.close()
-            if getattr(self, "_log_file", None) is not None:
-                logging.getLogger("wav2vec2").removeHandler(self._log_file)
-                self._log_file.close()
-                self._log_file = None
+            stop_log_to_file(getattr(self, "_log_file", None))
+            self._log_file = None
 
     def _loop(self, end: int, stop_requests: StopRequests) -> dict[str, float] | None:
         cfg = self.cfg
