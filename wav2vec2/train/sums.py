@@ -1,9 +1,11 @@
-"""The sums of one update (or one validation), with the task's numbers kept apart from the loop's.
+"""The sums of one update (or one validation), the task's kept apart from the loop's.
 
-A task names its own sums and metrics; the loop adds its own (utterances, lr, throughput...)
-under the names of `wav2vec2.tasks.base.RESERVED`. A task that uses one of those names
-would silently lose its number to the loop's, or hide the loop's: `refuse_reserved` makes
-that a ValueError naming the name and the task.
+The task's sums (`LossOutput.sums`, plus "sample_size") and the loop's own (the
+back-propagated loss, utterances, audio samples, replaced files) are added side by side and
+come back as two dicts, so neither can replace the other. Where the two meet, in the sums
+`Task.metrics` gets and in the logged rows, the loop's names are those of
+`wav2vec2.tasks.base.RESERVED`: `refuse_reserved` turns a task that uses one into a
+ValueError naming the name and the task.
 """
 
 from __future__ import annotations
