@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from wav2vec2.data import write_manifest, write_synthetic_corpus
-from wav2vec2.train.cli import register_configs, to_train_config
 from wav2vec2.config import TrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = str(REPO / "configs")
-TRAIN_SCRIPT = str(REPO / "scripts" / "train.py")
+from helpers import REPO, compose_cfg, run_train_script
 
 
 @pytest.fixture(scope="session")
@@ -59,13 +52,6 @@ def labelled_corpus(tiny_corpus: Path) -> Path:
     return tiny_corpus
 
 
-def compose_cfg(config_name: str, overrides: list[str]) -> TrainConfig:
-    register_configs()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides)
-    return to_train_config(cfg)
-
-
 def tiny_cfg(corpus: Path, run_dir: Path, *overrides: str) -> TrainConfig:
     """The tiny preset on the synthetic corpus, without TensorBoard (faster)."""
     return compose_cfg(
@@ -74,18 +60,10 @@ def tiny_cfg(corpus: Path, run_dir: Path, *overrides: str) -> TrainConfig:
     )
 
 
-def run_train_script(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`python scripts/train.py ARGS` in a fresh process, as users run it."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, TRAIN_SCRIPT, *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=REPO)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-# Test modules cannot import this file under --import-mode=importlib: the helpers above are
-# handed out as fixtures instead.
+# Fixtures hand out what needs a corpus or tmp_path. Plain helpers live in tests/helpers.py,
+# which test modules import (`from helpers import ...`; setup.cfg puts tests/ on sys.path):
+# conftest.py itself is not importable under --import-mode=importlib. `compose_preset` and
+# `train_script` predate helpers.py and stay for the tests that take them as fixtures.
 @pytest.fixture
 def compose_preset():
     return compose_cfg
@@ -117,7 +95,7 @@ def train_script():
 @pytest.fixture
 def bench():
     """scripts/bench.py as a fresh module (it is a script, not part of the package)."""
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+    path = REPO / "scripts" / "bench.py"
     spec = importlib.util.spec_from_file_location("bench_script", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

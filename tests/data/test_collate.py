@@ -9,8 +9,8 @@ from wav2vec2.data import (
     RawAudioDataset,
     TokenBudgetBatchSampler,
     build_dataloader,
-    collate_finetune,
-    collate_pretrain,
+    crop_to_shortest,
+    pad_to_longest,
 )
 
 
@@ -25,9 +25,9 @@ def _is_slice(window, full):
 
 
 @pytest.mark.parametrize("cap, want", [(None, 37), (20, 20)])
-def test_pretrain_crops_to_batch_min(cap, want):
+def test_crop_to_shortest_crops_to_the_batch_min(cap, want):
     items = _items([50, 37, 91])
-    out = collate_pretrain(items, max_sample_size=cap, generator=torch.Generator().manual_seed(0))
+    out = crop_to_shortest(items, max_sample_size=cap, generator=torch.Generator().manual_seed(0))
     assert out["source"].shape == (3, want) and "padding_mask" not in out
     assert out["id"].tolist() == [0, 1, 2] and out["id"].dtype == torch.long
     for row, it in zip(out["source"], items):
@@ -36,24 +36,24 @@ def test_pretrain_crops_to_batch_min(cap, want):
 
 def test_crops_reproducible_and_vary_with_seed():
     items = _items([300, 120, 500])
-    a = collate_pretrain(items, max_sample_size=None, generator=torch.Generator().manual_seed(5))
-    b = collate_pretrain(items, max_sample_size=None, generator=torch.Generator().manual_seed(5))
-    c = collate_pretrain(items, max_sample_size=None, generator=torch.Generator().manual_seed(6))
+    a = crop_to_shortest(items, max_sample_size=None, generator=torch.Generator().manual_seed(5))
+    b = crop_to_shortest(items, max_sample_size=None, generator=torch.Generator().manual_seed(5))
+    c = crop_to_shortest(items, max_sample_size=None, generator=torch.Generator().manual_seed(6))
     assert torch.equal(a["source"], b["source"]) and not torch.equal(a["source"], c["source"])
 
 
-def test_finetune_without_padding_has_no_mask():
-    out = collate_finetune(_items([40, 40]), max_sample_size=None, generator=torch.Generator().manual_seed(0))
+def test_pad_to_longest_without_padding_has_no_mask():
+    out = pad_to_longest(_items([40, 40]), max_sample_size=None, generator=torch.Generator().manual_seed(0))
     assert out["source"].shape == (2, 40) and "padding_mask" not in out
-    out = collate_finetune(_items([50, 60]), max_sample_size=40, generator=torch.Generator().manual_seed(0))
+    out = pad_to_longest(_items([50, 60]), max_sample_size=40, generator=torch.Generator().manual_seed(0))
     assert out["source"].shape == (2, 40) and "padding_mask" not in out  # both cropped
 
 
 @pytest.mark.parametrize("cap", [None, 60])
-def test_finetune_pads_right_with_mask(cap):
+def test_pad_to_longest_pads_right_with_mask(cap):
     lens = [50, 37, 91]
     items = _items(lens)
-    out = collate_finetune(items, max_sample_size=cap, generator=torch.Generator().manual_seed(0))
+    out = pad_to_longest(items, max_sample_size=cap, generator=torch.Generator().manual_seed(0))
     target = 91 if cap is None else 60
     assert out["source"].shape == out["padding_mask"].shape == (3, target)
     assert out["padding_mask"].dtype == torch.bool
@@ -69,7 +69,7 @@ def test_finetune_pads_right_with_mask(cap):
 
 def test_empty_batch():
     with pytest.raises(ValueError, match="empty batch"):
-        collate_pretrain([], max_sample_size=None, generator=torch.Generator())
+        crop_to_shortest([], max_sample_size=None, generator=torch.Generator())
 
 
 def test_collater_pickles():
@@ -97,7 +97,7 @@ def test_loader_crops_independent_of_workers(manifest):
                    if a["source"].shape == b["source"].shape)
 
 
-def test_loader_finetune_masks_match_lengths(manifest):
+def test_loader_padding_masks_match_lengths(manifest):
     ds = RawAudioDataset(manifest, pad=True)
     padded = 0
     for batch in _epoch(ds, 0):

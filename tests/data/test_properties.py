@@ -18,7 +18,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wav2vec2.data import collate_finetune, collate_pretrain, read_manifest, write_manifest
+from wav2vec2.data import crop_to_shortest, pad_to_longest, read_manifest, write_manifest
 from wav2vec2.data.labels import PAD, collate_targets
 
 # No deadline: two shared CPU cores make single examples slow at random. No example
@@ -162,24 +162,24 @@ _CAP = st.one_of(st.none(), st.integers(1, 500))
 
 @SETTINGS
 @given(_LENS, _CAP, st.integers(0, 2**32 - 1))
-def test_collate_pretrain_crops_every_item_to_the_shortest(lens, cap, seed):
+def test_crop_to_shortest_keeps_a_window_of_every_item_as_long_as_the_shortest(lens, cap, seed):
     items = _items(lens, seed)
-    out = collate_pretrain(items, max_sample_size=cap, generator=torch.Generator().manual_seed(seed))
+    out = crop_to_shortest(items, max_sample_size=cap, generator=torch.Generator().manual_seed(seed))
     target = min(lens) if cap is None else min(min(lens), cap)
     assert set(out) == {"id", "source"}
     assert out["source"].shape == (len(lens), target) and out["source"].dtype == torch.float32
     assert out["id"].tolist() == list(range(len(lens))) and out["id"].dtype == torch.long
     for row, it in zip(out["source"], items):
         _offset_in(row, it["source"])
-    again = collate_pretrain(items, max_sample_size=cap, generator=torch.Generator().manual_seed(seed))
+    again = crop_to_shortest(items, max_sample_size=cap, generator=torch.Generator().manual_seed(seed))
     assert torch.equal(out["source"], again["source"])
 
 
 @SETTINGS
 @given(_LENS, _CAP, st.integers(0, 2**32 - 1))
-def test_collate_finetune_pads_exactly_the_missing_samples(lens, cap, seed):
+def test_pad_to_longest_pads_exactly_the_missing_samples(lens, cap, seed):
     items = _items(lens, seed)
-    out = collate_finetune(items, max_sample_size=cap, generator=torch.Generator().manual_seed(seed))
+    out = pad_to_longest(items, max_sample_size=cap, generator=torch.Generator().manual_seed(seed))
     target = max(lens) if cap is None else min(max(lens), cap)
     assert out["source"].shape == (len(lens), target) and out["source"].dtype == torch.float32
     assert out["id"].tolist() == list(range(len(lens)))

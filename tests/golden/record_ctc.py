@@ -9,7 +9,7 @@ thread. The fine-tuning crosses the encoder freeze, an epoch boundary and two va
 (WER/CER); the trace is every logged train and valid metric that is not a timing, and a
 SHA-256 of the final weights. Recorded before the one-loader refactor (issue #18), so that
 the loading path (`task.init`), the task and the loop are proved unchanged by it.
-`tests/tasks/test_ctc_golden.py` reruns it. Only re-record when a change is *meant* to
+`tests/tasks/test_golden.py` reruns it. Only re-record when a change is *meant* to
 alter the math, and say so in the commit.
 """
 

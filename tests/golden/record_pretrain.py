@@ -6,7 +6,7 @@ The trace is the tiny preset on a synthetic corpus, run through `scripts/train.p
 as users run it, one thread: every logged train and valid metric that is not a timing, and
 a SHA-256 of the final weights. It was first recorded on the code as it stood before the
 task-interface refactor (issue #8) and re-recorded when CPU attention dropout changed how it
-draws its mask (issue #11); `tests/tasks/test_pretrain_golden.py` reruns it. Only
+draws its mask (issue #11); `tests/tasks/test_golden.py` reruns it. Only
 re-record when a change is *meant* to alter the math, and say so in the commit.
 """
 

@@ -20,9 +20,7 @@ from wav2vec2.tasks.ctc import CtcTask
 from wav2vec2.train import checkpoint as ckpt
 from wav2vec2.train.trainer import Trainer
 
-
-def _trainer(cfg) -> Trainer:
-    return Trainer(cfg, build_task(cfg))
+from helpers import assert_same_weights, make_trainer, records
 
 
 # ---------------------------------------------------------------- the loss
@@ -166,7 +164,7 @@ def test_only_blanks_warning_fires_after_the_freeze_and_patience(make_ctc_cfg) -
 
 
 def test_frozen_updates_train_only_the_head(make_ctc_cfg) -> None:
-    trainer = _trainer(make_ctc_cfg("task.freeze_finetune_updates=2", "optim.max_update=3", "train.validate_every=0",
+    trainer = make_trainer(make_ctc_cfg("task.freeze_finetune_updates=2", "optim.max_update=3", "train.validate_every=0",
                                     "data.valid_subset=", "checkpoint.save_every=100"))
     encoder = {k: v.clone() for k, v in trainer.model.wav2vec2.state_dict().items()}
     head = trainer.model.proj.weight.clone()
@@ -186,7 +184,7 @@ def pretrained(make_tiny_cfg, tmp_path: Path) -> Path:
     """A tiny pretraining run of 2 updates, with layer norm encoder features to tell it apart."""
     cfg = make_tiny_cfg("optim.max_update=2", "train.validate_every=0", "data.valid_subset=",
                         "model.transformer.num_layers=3", run_dir=tmp_path / "pretrain")
-    _trainer(cfg).fit()
+    make_trainer(cfg).fit()
     return tmp_path / "pretrain" / ckpt.LAST
 
 
@@ -219,11 +217,6 @@ def test_init_from_missing_path_is_named(make_ctc_cfg, tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- the whole loop
-def _records(run: Path, split: str) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in rows if r["split"] == split]
-
-
 @pytest.mark.slow
 def test_pretrain_finetune_resume_and_evaluate(tiny_corpus: Path, labelled_corpus: Path, tmp_path: Path,
                                                train_script) -> None:
@@ -249,18 +242,17 @@ def test_pretrain_finetune_resume_and_evaluate(tiny_corpus: Path, labelled_corpu
     assert load_checkpoint(resumed / ckpt.LAST)["num_updates"] == 3
     train_script(*common, f"run_dir={resumed}")
 
-    a, b = _records(one_go, "train"), _records(resumed, "train")
+    a, b = records(one_go, "train"), records(resumed, "train")
     assert [r["num_updates"] for r in b] == list(range(1, 9))
     exact = ("loss", "loss_per_token", "blank_frac", "tokens", "lr", "grad_norm", "encoder_frozen")
     assert [{k: r[k] for k in exact} for r in a] == [{k: r[k] for k in exact} for r in b]
     assert [r["encoder_frozen"] for r in a] == [1.0, 1.0] + [0.0] * 6  # ctc_tiny freezes 2 updates
-    va, vb = _records(one_go, "valid"), _records(resumed, "valid")
+    va, vb = records(one_go, "valid"), records(resumed, "valid")
     # The interrupted run also validated where it stopped (update 3).
     assert [r["num_updates"] for r in va] == [4, 8] and [r["num_updates"] for r in vb] == [3, 4, 8]
     assert [r["wer"] for r in va] == [r["wer"] for r in vb[1:]]
     sa, sb = load_checkpoint(one_go / ckpt.LAST), load_checkpoint(resumed / ckpt.LAST)
-    for name, tensor in sa["model"].items():
-        assert torch.equal(tensor, sb["model"][name]), name
+    assert_same_weights(sa["model"], sb["model"])
 
     result = evaluate_ctc(one_go / ckpt.BEST, subset="valid")
     best = min(r["wer"] for r in va)
@@ -275,7 +267,7 @@ def test_architecture_from_a_ctc_checkpoint_matches(make_ctc_cfg, tmp_path: Path
     """A CTC run's own checkpoint as `task.init`: its encoder, a fresh head."""
     cfg = make_ctc_cfg("optim.max_update=1", "train.validate_every=0", "data.valid_subset=",
                        run_dir=tmp_path / "first")
-    _trainer(cfg).fit()
+    make_trainer(cfg).fit()
     second = make_ctc_cfg(f"task.init={tmp_path / 'first' / ckpt.LAST}", run_dir=tmp_path / "second")
     task = build_task(second)
     task.prepare()

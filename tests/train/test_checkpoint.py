@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -17,7 +16,8 @@ import torch
 from wav2vec2.files import UnsafeCheckpointError, load_checkpoint
 from wav2vec2.train import checkpoint as ckpt
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO, assert_same_weights, losses_by_update, script_env
+
 
 
 def test_save_writes_last_snapshot_best_and_prunes(tmp_path: Path) -> None:
@@ -79,11 +79,10 @@ def test_sigkill_during_training_resumes_to_the_same_weights(
     train_script(*common, f"run_dir={reference}")
 
     killed = tmp_path / "killed"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     rng = random.Random(1)
     for _ in range(2):  # two kills at random updates
         proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "train.py"), *common, f"run_dir={killed}"],
-                                env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                env=script_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         kill_after = rng.randint(1, 20)
         metrics = killed / "metrics.jsonl"
         deadline = time.monotonic() + 60
@@ -99,20 +98,12 @@ def test_sigkill_during_training_resumes_to_the_same_weights(
 
     a, b = load_checkpoint(reference / ckpt.LAST), load_checkpoint(killed / ckpt.LAST)
     assert a["num_updates"] == b["num_updates"] == 24
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
+    assert_same_weights(a["model"], b["model"])
     # metrics.jsonl lost what the killed runs logged past their checkpoints: no duplicates.
-    la, lb = (_losses(run) for run in (reference, killed))
+    la, lb = (losses_by_update(run) for run in (reference, killed))
     assert list(lb) == list(range(1, 25)) and la == lb
 
 
-def _losses(run: Path) -> dict[int, float]:
-    import json
-
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r["split"] == "train"]
-    assert len(train) == len({r["num_updates"] for r in train})
-    return {r["num_updates"]: r["loss"] for r in train}
 
 
 class _RunsCode:

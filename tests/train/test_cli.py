@@ -3,7 +3,6 @@ say what to do, nothing left behind by a failed start, Ctrl-C that keeps the pro
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,15 +14,12 @@ import pytest
 from wav2vec2.files import load_checkpoint
 from wav2vec2.train.cli import check_overrides, presets, usage
 
-REPO = Path(__file__).resolve().parents[2]
-TRAIN = str(REPO / "scripts" / "train.py")
+from helpers import TRAIN_SCRIPT, script_env
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    env.pop("W2V_DEBUG", None)
-    return subprocess.run([sys.executable, TRAIN, *args], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=120)
+    return subprocess.run([sys.executable, TRAIN_SCRIPT, *args], capture_output=True, text=True, env=script_env(),
+                          cwd=cwd, timeout=120)
 
 
 def test_help_lists_every_preset_and_where_fields_are_documented(tmp_path: Path) -> None:
@@ -76,9 +72,9 @@ def test_mistakes_are_one_line_and_leave_nothing_behind(tmp_path: Path) -> None:
 
 def test_ctrl_c_checkpoints_and_the_rerun_resumes(tiny_corpus: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = [TRAIN, f"data.manifest_dir={tiny_corpus}", f"run_dir={run}", "optim.max_update=100000",
+    args = [TRAIN_SCRIPT, f"data.manifest_dir={tiny_corpus}", f"run_dir={run}", "optim.max_update=100000",
             "logging.tensorboard=false", "data.num_workers=1", "train.validate_every=0"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = script_env()
     proc = subprocess.Popen([sys.executable, *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60

@@ -7,11 +7,9 @@ checkpoint. The final weights equal those of an uninterrupted two-rank run bit f
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,43 +21,28 @@ import torch
 from wav2vec2.files import load_checkpoint
 from wav2vec2.train import checkpoint as ckpt
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO, assert_same_weights, free_port, logged_updates, processes, script_env
+
 NUM_UPDATES = 40  # long enough that the run is still going when rank 1 is killed, on a fast machine too
 KILL_AT = 3  # updates the run has logged (and checkpointed) when rank 1 is killed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _torchrun(corpus: Path, run: Path, log: Path) -> subprocess.Popen:
     # A fixed free port rather than `--standalone`: the agent's c10d store and the
     # workers' gloo group then never collide with another test's.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max-restarts=1",
-           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_free_port()}", "--monitor-interval=0.1",
+           "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--monitor-interval=0.1",
            str(REPO / "scripts" / "train.py"), "--config-name", "tiny", f"data.manifest_dir={corpus}",
            f"run_dir={run}", f"optim.max_update={NUM_UPDATES}", "checkpoint.save_every=1",
            "checkpoint.keep_last=1", "logging.tensorboard=false", "train.validate_every=0"]
     # No TORCH_DISABLE_SHARE_RDZV_TCP_STORE: the restart must work as users launch it, which
     # on torch >= 2.5 depends on init_distributed's per-restart store prefix (#135712).
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
+    return subprocess.Popen(cmd, env=script_env(), cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
 def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4, after the command name
-                found.append(int(entry))
-    return found
+    return [child for child, fields in processes() if int(fields[1]) == pid]
 
 
 def _worker_of_rank(agent: int, rank: int) -> int | None:
@@ -71,14 +54,6 @@ def _worker_of_rank(agent: int, rank: int) -> int | None:
         if f"RANK={rank}".encode() in environ:
             return pid
     return None
-
-
-def _train_updates(run: Path) -> list[int]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
-    return [r["num_updates"] for r in records if r["split"] == "train"]
 
 
 def _kill_workers(run: Path) -> None:
@@ -114,7 +89,7 @@ def test_torchrun_restarts_a_killed_worker_and_loses_nothing(tiny_corpus: Path, 
     proc = _torchrun(tiny_corpus, killed, killed_log)
     try:
         deadline = time.monotonic() + 90
-        while len(_train_updates(killed)) < KILL_AT:
+        while len(logged_updates(killed)) < KILL_AT:
             assert proc.poll() is None, f"finished before the kill:\n{killed_log.read_text()[-4000:]}"
             assert time.monotonic() < deadline, "no progress"
             time.sleep(0.02)
@@ -136,7 +111,6 @@ def test_torchrun_restarts_a_killed_worker_and_loses_nothing(tiny_corpus: Path, 
     assert restored and restored[0] >= KILL_AT - 1, restored  # the restarted workers resumed
     a, b = load_checkpoint(reference / ckpt.LAST), load_checkpoint(killed / ckpt.LAST)
     assert a["num_updates"] == b["num_updates"] == NUM_UPDATES and b["world_size"] == 2
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
-    assert _train_updates(killed) == list(range(1, NUM_UPDATES + 1))  # each update logged once
+    assert_same_weights(a["model"], b["model"])
+    assert logged_updates(killed) == list(range(1, NUM_UPDATES + 1))  # each update logged once
     assert not [p.name for p in killed.iterdir() if p.name.endswith(".tmp")]

@@ -14,7 +14,6 @@ kill at about the same points, not to the instruction.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -24,43 +23,18 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from wav2vec2.files import load_checkpoint
 from wav2vec2.train import checkpoint as ckpt
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO, assert_same_weights, logged_updates, losses_by_update, processes, script_env
+
 NUM_KILLS = 20
 NUM_UPDATES = 60  # 20 kills, each at most a few updates past the last checkpoint
 
 
-def _train_updates(run: Path) -> list[int]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
-    return [r["num_updates"] for r in records if r["split"] == "train"]
-
-
-def _losses(run: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r["split"] == "train"]
-    assert len(train) == len({r["num_updates"] for r in train}), "an update was logged twice"
-    return {r["num_updates"]: r["loss"] for r in train}
-
-
 def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":  # field 5 is the process group
-                members.append(int(entry))
-    return members
+    return [pid for pid, fields in processes() if int(fields[2]) == pgid and fields[0] != "Z"]  # zombies are gone
 
 
 def _tmp_files(run: Path) -> set[tuple[str, int]]:
@@ -85,7 +59,6 @@ def test_twenty_sigkills_at_random_moments_lose_nothing(tiny_corpus: Path, tmp_p
     reference, run = tmp_path / "reference", tmp_path / "killed"
     train_script(*common, f"run_dir={reference}")
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), *common, f"run_dir={run}"]
     kinds: dict[str, int] = {"update": 0, "write": 0, "startup": 0}
     redone = resumed = torn = 0
@@ -94,7 +67,7 @@ def test_twenty_sigkills_at_random_moments_lose_nothing(tiny_corpus: Path, tmp_p
         resumed += kill > 0 and start > 0
         tmp_before = _tmp_files(run)
         kind = rng.choice(list(kinds))
-        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd, env=script_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)  # its own process group, DataLoader workers included
         try:
             deadline = time.monotonic() + 60
@@ -102,16 +75,16 @@ def test_twenty_sigkills_at_random_moments_lose_nothing(tiny_corpus: Path, tmp_p
             # machine, so the run never reaches its end before its kills are done.
             if kind == "startup":  # before the first new update is logged
                 until = time.monotonic() + rng.uniform(0.2, 4.0)
-                while time.monotonic() < until and max(_train_updates(run), default=0) <= start:
+                while time.monotonic() < until and max(logged_updates(run), default=0) <= start:
                     time.sleep(0.01)
             elif kind == "update":
                 wanted = start + rng.randint(1, 2)
-                while max(_train_updates(run), default=0) < wanted and time.monotonic() < deadline:
+                while max(logged_updates(run), default=0) < wanted and time.monotonic() < deadline:
                     time.sleep(0.01)
                 time.sleep(rng.uniform(0.0, 0.1))
             else:  # the first checkpoint write after a random number of updates
                 wanted = start + rng.randint(0, 1)
-                while max(_train_updates(run), default=0) < wanted and time.monotonic() < deadline:
+                while max(logged_updates(run), default=0) < wanted and time.monotonic() < deadline:
                     time.sleep(0.01)
                 # Busy polling: a tiny checkpoint is written in milliseconds. Leftovers of
                 # earlier kills do not count.
@@ -127,7 +100,7 @@ def test_twenty_sigkills_at_random_moments_lose_nothing(tiny_corpus: Path, tmp_p
             proc.wait()
         kinds[kind] += 1
         torn += bool(_tmp_files(run) - tmp_before)  # killed mid-write
-        logged = max(_train_updates(run), default=0)
+        logged = max(logged_updates(run), default=0)
         redone += max(0, logged - _restored_update(run))  # logged past the checkpoint it will resume from
         for _ in range(100):  # SIGKILL is delivered at once; reaping the workers can lag a little
             if not _group_members(proc.pid):
@@ -142,9 +115,8 @@ def test_twenty_sigkills_at_random_moments_lose_nothing(tiny_corpus: Path, tmp_p
           f"killed before their first); logged updates redone: {redone}")
     a, b = load_checkpoint(reference / ckpt.LAST), load_checkpoint(run / ckpt.LAST)
     assert a["num_updates"] == b["num_updates"] == NUM_UPDATES
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
-    la, lb = _losses(reference), _losses(run)
+    assert_same_weights(a["model"], b["model"])
+    la, lb = losses_by_update(reference), losses_by_update(run)
     assert list(lb) == list(range(1, NUM_UPDATES + 1)) and la == lb
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]  # torn writes cleaned up
 

@@ -10,7 +10,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,28 +22,13 @@ import torch.multiprocessing as mp
 
 from wav2vec2 import files
 from wav2vec2.files import atomic_write, load_checkpoint, serialize
-from wav2vec2.tasks import build_task
 from wav2vec2.train import checkpoint as ckpt
 from wav2vec2.train.faults import NonFiniteTrainingError
 from wav2vec2.train.trainer import Trainer
 
-REPO = Path(__file__).resolve().parents[2]
+from helpers import REPO, assert_same_weights, free_port, make_trainer, records, script_env
+
 FAST = ["optim.max_update=4", "train.validate_every=0", "data.valid_subset=", "checkpoint.save_every=100"]
-
-
-def _trainer(cfg) -> Trainer:
-    return Trainer(cfg, build_task(cfg))
-
-
-def _train_records(run: Path) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["split"] == "train"]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    env.pop("W2V_DEBUG", None)
-    return env
 
 
 # ------------------------------------------------------------------ preemption
@@ -54,11 +38,11 @@ def test_sigterm_exits_75_and_the_rerun_ends_on_the_uninterrupted_weights(tiny_c
               "checkpoint.save_every=100", "logging.tensorboard=false", "train.validate_every=0",
               "data.valid_subset=", "data.num_workers=1"]
     reference, preempted = tmp_path / "reference", tmp_path / "preempted"
-    done = subprocess.run([sys.executable, *common, f"run_dir={reference}"], env=_env(), cwd=REPO,
+    done = subprocess.run([sys.executable, *common, f"run_dir={reference}"], env=script_env(), cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    proc = subprocess.Popen([sys.executable, *common, f"run_dir={preempted}"], env=_env(), cwd=REPO,
+    proc = subprocess.Popen([sys.executable, *common, f"run_dir={preempted}"], env=script_env(), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = preempted / "metrics.jsonl"
     deadline = time.monotonic() + 120
@@ -73,22 +57,21 @@ def test_sigterm_exits_75_and_the_rerun_ends_on_the_uninterrupted_weights(tiny_c
     stopped_at = load_checkpoint(preempted / ckpt.LAST)["num_updates"]
     assert 2 <= stopped_at < 20
 
-    rerun = subprocess.run([sys.executable, *common, f"run_dir={preempted}"], env=_env(), cwd=REPO,
+    rerun = subprocess.run([sys.executable, *common, f"run_dir={preempted}"], env=script_env(), cwd=REPO,
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     a, b = load_checkpoint(reference / ckpt.LAST), load_checkpoint(preempted / ckpt.LAST)
     assert a["num_updates"] == b["num_updates"] == 20
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
+    assert_same_weights(a["model"], b["model"])
 
 
 def test_time_limit_stops_as_preempted_and_a_finished_run_is_not(make_tiny_cfg, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    limited = _trainer(make_tiny_cfg(*FAST, "train.time_limit_minutes=1e-9", run_dir=run))
+    limited = make_trainer(make_tiny_cfg(*FAST, "train.time_limit_minutes=1e-9", run_dir=run))
     limited.fit()
     assert limited.stop_reason == "preempted" and limited.num_updates == 1
     assert load_checkpoint(run / ckpt.LAST)["num_updates"] == 1
-    finished = _trainer(make_tiny_cfg(*FAST, run_dir=run))
+    finished = make_trainer(make_tiny_cfg(*FAST, run_dir=run))
     finished.fit()
     assert finished.stop_reason is None and finished.num_updates == 4
 
@@ -133,8 +116,8 @@ def test_a_non_finite_update_is_skipped_counted_and_training_goes_on(
     lr, temperature), is logged with its files and counted; attempt 4 makes update 3."""
     make = make_tiny_cfg if task == "pretrain" else make_ctc_cfg
     clean_run, run = tmp_path / "clean", tmp_path / "poisoned"
-    _trainer(make(*FAST, run_dir=clean_run)).fit()
-    trainer = _trainer(make(*FAST, "checkpoint.save_every=2", run_dir=run))
+    make_trainer(make(*FAST, run_dir=clean_run)).fit()
+    trainer = make_trainer(make(*FAST, "checkpoint.save_every=2", run_dir=run))
     _poison(trainer, {3}, how)
     real_step = trainer.train_step
     around_skip = {}
@@ -153,7 +136,7 @@ def test_a_non_finite_update_is_skipped_counted_and_training_goes_on(
     trainer.train_step = step
     with caplog.at_level(logging.WARNING, logger="wav2vec2"):
         trainer.fit()
-    assert trainer.num_updates == 4 and trainer.num_nonfinite_skips == 1 and trainer.stop_reason is None
+    assert trainer.num_updates == 4 and trainer.nonfinite.total == 1 and trainer.stop_reason is None
 
     opt_before, model_before = around_skip["before"]
     opt_after, model_after, updates_after, out = around_skip["after"]
@@ -163,7 +146,7 @@ def test_a_non_finite_update_is_skipped_counted_and_training_goes_on(
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(model_before[k], model_after[k]) for k in model_before)
 
-    clean, poisoned = _train_records(clean_run), _train_records(run)
+    clean, poisoned = records(clean_run), records(run)
     assert [r["num_updates"] for r in poisoned] == [1, 2, 3, 4]
     assert [r["lr"] for r in clean] == [r["lr"] for r in poisoned]
     if task == "pretrain":
@@ -182,7 +165,7 @@ def test_a_diverged_model_stops_with_the_causes_and_keeps_the_last_good_checkpoi
 ) -> None:
     make = make_tiny_cfg if task == "pretrain" else make_ctc_cfg
     run = tmp_path / "run"
-    trainer = _trainer(make("optim.max_update=20", "train.validate_every=0", "data.valid_subset=",
+    trainer = make_trainer(make("optim.max_update=20", "train.validate_every=0", "data.valid_subset=",
                             "checkpoint.save_every=2", "train.max_consecutive_nonfinite=2", run_dir=run))
     _poison(trainer, set(range(5, 100)), "source")  # updates 1-4 are fine, then every attempt is NaN
     good = None
@@ -201,12 +184,12 @@ def test_a_diverged_model_stops_with_the_causes_and_keeps_the_last_good_checkpoi
     assert "3 updates in a row" in message and "train.max_consecutive_nonfinite=2" in message
     for cause in ("optim.lr", "warmup", "bf16", "feature_grad_mult", "data.normalize"):
         assert cause in message
-    assert trainer.num_updates == 4 and trainer.num_nonfinite_skips == 3
+    assert trainer.num_updates == 4 and trainer.nonfinite.total == 3
     assert (run / ckpt.LAST).read_bytes() == good and load_checkpoint(run / ckpt.LAST)["num_updates"] == 4
 
 
 def test_zero_tolerance_stops_at_the_first_non_finite_update(make_tiny_cfg, tmp_path: Path) -> None:
-    trainer = _trainer(make_tiny_cfg(*FAST, "train.max_consecutive_nonfinite=0"))
+    trainer = make_trainer(make_tiny_cfg(*FAST, "train.max_consecutive_nonfinite=0"))
     _poison(trainer, {2}, "loss")
     with pytest.raises(NonFiniteTrainingError, match="1 updates in a row"):
         trainer.fit()
@@ -237,7 +220,7 @@ def test_a_diverged_run_exits_non_zero_through_the_cli(tiny_corpus: Path, tmp_pa
     proc = subprocess.run([sys.executable, str(driver), f"data.manifest_dir={tiny_corpus}", f"run_dir={run}",
                            "optim.max_update=10", "checkpoint.save_every=2", "train.validate_every=0",
                            "data.valid_subset=", "logging.tensorboard=false", "train.max_consecutive_nonfinite=1"],
-                          env=_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+                          env=script_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert "2 updates in a row had a non-finite loss or gradient norm" in proc.stderr
@@ -249,7 +232,7 @@ def test_bad_files_of_a_batch_are_listed_warned_counted_and_kept_from_the_task(
     make_tiny_cfg, tmp_path: Path, caplog
 ) -> None:
     run = tmp_path / "run"
-    trainer = _trainer(make_tiny_cfg(*FAST, "optim.update_freq=2", run_dir=run))
+    trainer = make_trainer(make_tiny_cfg(*FAST, "optim.update_freq=2", run_dir=run))
     reports = {2: ["/a/x.wav (train.tsv:3): cannot read audio"],
                5: ["/a/y.wav (train.tsv:7): silent", "/a/x.wav (train.tsv:3): cannot read audio"]}
     real_next, real_loss = trainer.stream.next, trainer.task.loss
@@ -273,15 +256,15 @@ def test_bad_files_of_a_batch_are_listed_warned_counted_and_kept_from_the_task(
     assert listed == ["/a/x.wav (train.tsv:3): cannot read audio", "/a/y.wav (train.tsv:7): silent"]
     warned = [r.getMessage() for r in caplog.records if "bad file" in r.getMessage()]
     assert len(warned) == 2 and "update 1" in warned[0] and "update 3" in warned[1]
-    assert [r.get("bad_files") for r in _train_records(run)] == [1, 1, 3, 3]  # files replaced so far
+    assert [r.get("bad_files") for r in records(run)] == [1, 1, 3, 3]  # files replaced so far
     assert load_checkpoint(run / ckpt.LAST)["bad_files"] == 3
 
 
 def test_batches_without_bad_files_leave_no_trace(make_tiny_cfg, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    _trainer(make_tiny_cfg("optim.max_update=2", "train.validate_every=0", run_dir=run)).fit()
+    make_trainer(make_tiny_cfg("optim.max_update=2", "train.validate_every=0", run_dir=run)).fit()
     assert not list(run.glob("bad_files*"))
-    assert all("bad_files" not in r and "nonfinite_skips" not in r for r in _train_records(run))
+    assert all("bad_files" not in r and "nonfinite_skips" not in r for r in records(run))
 
 
 # ------------------------------------------------------------------ disk failures
@@ -313,7 +296,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint_and_leaves_no_temp_file(tm
 
 def test_a_run_that_cannot_checkpoint_stops_with_an_error(make_tiny_cfg, tmp_path: Path, monkeypatch, caplog) -> None:
     run = tmp_path / "run"
-    trainer = _trainer(make_tiny_cfg("optim.max_update=6", "train.validate_every=0", "data.valid_subset=",
+    trainer = make_trainer(make_tiny_cfg("optim.max_update=6", "train.validate_every=0", "data.valid_subset=",
                                      "checkpoint.save_every=2", run_dir=run))
     _fail_fsync(monkeypatch, after=2)  # the save at update 2 (last + snapshot) works, the next fails
     with caplog.at_level(logging.ERROR, logger="wav2vec2"), pytest.raises(ckpt.CheckpointWriteError):
@@ -336,12 +319,6 @@ def test_pruning_never_deletes_the_only_loadable_snapshot(tmp_path: Path) -> Non
 
 
 # ------------------------------------------------------------------ hung ranks
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _hang_worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2")
@@ -366,7 +343,7 @@ def _hang_worker(rank: int, port: int, out: str) -> None:
 @pytest.mark.slow  # ~10 s: two processes importing torch
 def test_a_rank_that_never_joins_a_collective_times_out_with_a_clear_error(tmp_path: Path) -> None:
     out = tmp_path / "out.txt"
-    mp.spawn(_hang_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_hang_worker, args=(free_port(), str(out)), nprocs=2, join=True)
     waited, message = out.read_text().split(" ", 1)
     assert float(waited) < 10
     assert message.startswith("rank 0 of 2: collective all_reduce timed out")
@@ -381,10 +358,10 @@ def _ddp_nan_worker(rank: int, port: int, cfg, out: str) -> None:
     torch.set_num_threads(1)
     from wav2vec2.train import distributed as dist_utils
 
-    trainer = _trainer(cfg)
+    trainer = make_trainer(cfg)
     _poison(trainer, {2} if rank == 1 else set(), "loss")
     trainer.fit()
-    Path(f"{out}.{rank}").write_text(json.dumps([trainer.num_updates, trainer.num_nonfinite_skips]))
+    Path(f"{out}.{rank}").write_text(json.dumps([trainer.num_updates, trainer.nonfinite.total]))
     dist_utils.destroy()
 
 
@@ -394,7 +371,7 @@ def test_every_rank_skips_when_one_rank_has_a_non_finite_loss(make_tiny_cfg, tmp
                         "checkpoint.save_every=100", "data.max_tokens=16000", "model.transformer.layerdrop=0",
                         "distributed.timeout_minutes=0.5")  # ranks that disagree fail fast, not hang
     out = str(tmp_path / "result")
-    mp.spawn(_ddp_nan_worker, args=(_free_port(), cfg, out), nprocs=2, join=True)
+    mp.spawn(_ddp_nan_worker, args=(free_port(), cfg, out), nprocs=2, join=True)
     assert [json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1)] == [[3, 1], [3, 1]]
     state = load_checkpoint(tmp_path / "run" / ckpt.LAST)
     assert state["num_updates"] == 3 and state["nonfinite_skips"] == 1
@@ -407,10 +384,10 @@ def test_every_rank_skips_when_one_rank_has_a_non_finite_loss(make_tiny_cfg, tmp
 def test_a_checkpoint_whose_config_does_not_fit_the_schema_is_refused_naming_the_key(
         make_tiny_cfg, tmp_path: Path, edit, key) -> None:
     run = tmp_path / "run"
-    _trainer(make_tiny_cfg(*FAST, "train.stop_at_update=1", run_dir=run)).fit()
+    make_trainer(make_tiny_cfg(*FAST, "train.stop_at_update=1", run_dir=run)).fit()
     state = load_checkpoint(run / ckpt.LAST)
     section, name, value = edit
     state["config"][section][name] = value  # a key of another version, or a hand edit
     atomic_write(run / ckpt.LAST, serialize(state))
     with pytest.raises(ValueError, match=rf"checkpoint_last\.pt: its config does not fit .*{re.escape(key)}"):
-        _trainer(make_tiny_cfg(*FAST, run_dir=run))
+        make_trainer(make_tiny_cfg(*FAST, run_dir=run))

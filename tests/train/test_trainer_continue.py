@@ -7,44 +7,39 @@ from pathlib import Path
 import pytest
 import torch
 
-from wav2vec2.tasks import build_task
-from wav2vec2.train.trainer import Trainer
-
-
-def _trainer(cfg) -> Trainer:
-    return Trainer(cfg, build_task(cfg))
+from helpers import make_trainer
 
 
 def test_continue_from_with_resets(make_tiny_cfg, tmp_path: Path) -> None:
     """Domain adaptation: weights come from another run; optimizer, schedule and data
     position restart when asked, and the new run directory then resumes on its own."""
     fast = ["optim.max_update=3", "train.validate_every=0", "data.valid_subset=", "checkpoint.save_every=100"]
-    source = _trainer(make_tiny_cfg(*fast, run_dir=tmp_path / "source"))
+    source = make_trainer(make_tiny_cfg(*fast, run_dir=tmp_path / "source"))
     source.fit()
     weights = {k: v.clone() for k, v in source.model.state_dict().items()}
     src = tmp_path / "source" / "checkpoint_last.pt"
 
-    kept = _trainer(make_tiny_cfg(*fast, "optim.max_update=5", f"checkpoint.continue_from={src}",
+    kept = make_trainer(make_tiny_cfg(*fast, "optim.max_update=5", f"checkpoint.continue_from={src}",
                                  run_dir=tmp_path / "kept"))
     assert kept.num_updates == 3 and kept.stream.consumed == source.stream.consumed
     assert len(kept.optimizer.state) > 0
 
-    reset = _trainer(make_tiny_cfg(*fast, f"checkpoint.continue_from={src}", "checkpoint.reset_optimizer=true",
+    reset = make_trainer(make_tiny_cfg(*fast, f"checkpoint.continue_from={src}", "checkpoint.reset_optimizer=true",
                                   "checkpoint.reset_schedule=true", "checkpoint.reset_dataloader=true",
                                   run_dir=tmp_path / "reset"))
     assert reset.num_updates == 0 and reset.stream.consumed == 0 and len(reset.optimizer.state) == 0
     for name, tensor in reset.model.state_dict().items():
         assert torch.equal(tensor, weights[name]), name
     reset.fit()
-    again = _trainer(make_tiny_cfg(*fast, f"checkpoint.continue_from={src}", "checkpoint.reset_schedule=true",
+    again = make_trainer(make_tiny_cfg(*fast, f"checkpoint.continue_from={src}", "checkpoint.reset_schedule=true",
                                   run_dir=tmp_path / "reset"))
     assert again.num_updates == 3  # its own checkpoint wins over continue_from
 
 
 def test_continue_from_a_different_architecture_fails_clearly(make_tiny_cfg, tmp_path: Path) -> None:
     fast = ["optim.max_update=2", "train.validate_every=0", "data.valid_subset=", "checkpoint.save_every=100"]
-    _trainer(make_tiny_cfg(*fast, run_dir=tmp_path / "source")).fit()
+    make_trainer(make_tiny_cfg(*fast, run_dir=tmp_path / "source")).fit()
     src = tmp_path / "source" / "checkpoint_last.pt"
     with pytest.raises(ValueError, match="model.transformer.num_layers"):
-        _trainer(make_tiny_cfg(*fast, "model.transformer.num_layers=3", f"checkpoint.continue_from={src}",
+        make_trainer(make_tiny_cfg(*fast, "model.transformer.num_layers=3", f"checkpoint.continue_from={src}",
                               run_dir=tmp_path / "other"))

@@ -7,7 +7,6 @@ depend on which rank processes a batch; dropout (per-rank RNG) is switched off h
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -17,6 +16,8 @@ from wav2vec2.files import load_checkpoint
 from wav2vec2.config import TrainConfig
 from wav2vec2.train import distributed as dist_utils
 
+from helpers import REPO, TRAIN_SCRIPT, free_port, make_trainer, script_env
+
 NO_DROPOUT = ["model.transformer.dropout=0", "model.transformer.attention_dropout=0",
               "model.transformer.layerdrop=0", "model.dropout_input=0", "model.dropout_features=0"]
 # ~1 clip per batch: 3 updates x 4 batches stay inside epoch 1 for both layouts.
@@ -24,20 +25,11 @@ SETUP = ["optim.max_update=3", "optim.warmup_updates=1", "optim.lr=0.005", "data
          "checkpoint.save_every=100", "train.validate_every=0", "data.valid_subset=", *NO_DROPOUT]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world_size: int, port: int, cfg: TrainConfig, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)
-    from wav2vec2.tasks import build_task
-    from wav2vec2.train.trainer import Trainer
-
-    trainer = Trainer(cfg, build_task(cfg))
+    trainer = make_trainer(cfg)
     trainer.fit()
     if rank == 0:
         torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, out)
@@ -51,7 +43,7 @@ def _one_process_and_two_ranks(make_cfg, setup: list[str], tmp_path: Path) -> tu
     double = make_cfg(*setup, "optim.update_freq=2", run_dir=tmp_path / "double")
     out1, out2 = str(tmp_path / "single.pt"), str(tmp_path / "double.pt")
     _worker(0, 1, 0, single, out1)
-    mp.spawn(_worker, args=(2, _free_port(), double, out2), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), double, out2), nprocs=2, join=True)
     return single, torch.load(out1), torch.load(out2)
 
 
@@ -97,14 +89,12 @@ def test_torchrun_through_the_entry_point(tiny_corpus: Path, tmp_path: Path) -> 
 
     from wav2vec2.train import checkpoint as ckpt
 
-    repo = Path(__file__).resolve().parents[2]
     run = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(repo))
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
-         str(repo / "scripts" / "train.py"), f"data.manifest_dir={tiny_corpus}", f"run_dir={run}",
-         "optim.max_update=4", "logging.tensorboard=false"],
-        env=env, cwd=repo, capture_output=True, text=True, timeout=180,
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
+         TRAIN_SCRIPT, f"data.manifest_dir={tiny_corpus}", f"run_dir={run}", "optim.max_update=4",
+         "logging.tensorboard=false"],
+        env=script_env(), cwd=REPO, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     state = load_checkpoint(run / ckpt.LAST)

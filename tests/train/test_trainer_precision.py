@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,20 +10,11 @@ import torch
 from wav2vec2.train import trainer as trainer_mod
 from wav2vec2.config import PrecisionConfig
 from wav2vec2.train.optim import DynamicLossScaler, build_loss_scaler
-from wav2vec2.tasks import build_task
-from wav2vec2.train.trainer import Trainer
+
+from helpers import make_trainer, records
 
 FAST = ["optim.max_update=4", "model.quantizer.temp_decay=0.9", "train.validate_every=0",
         "data.valid_subset=", "checkpoint.save_every=100"]
-
-
-def _trainer(cfg) -> Trainer:
-    return Trainer(cfg, build_task(cfg))
-
-
-def _train_records(run: Path) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["split"] == "train"]
 
 
 def test_auto_precision_is_mixed_on_a_gpu_and_fp32_on_a_cpu() -> None:
@@ -61,7 +50,7 @@ def test_forced_overflow_skips_the_update_without_advancing_the_schedule(make_ti
     """Overflow on the 2nd and 3rd update attempts: those updates are skipped, and the lr,
     Gumbel temperature follow the same sequence as a run without overflows (the skipped
     attempts still consume their batches, so the weights differ)."""
-    clean = _trainer(make_tiny_cfg(*FAST, "precision.dtype=fp16", run_dir=tmp_path / "clean"))
+    clean = make_trainer(make_tiny_cfg(*FAST, "precision.dtype=fp16", run_dir=tmp_path / "clean"))
     clean.fit()
 
     real_grad_norm = trainer_mod.grad_norm
@@ -73,7 +62,7 @@ def test_forced_overflow_skips_the_update_without_advancing_the_schedule(make_ti
         return math.inf if calls["n"] in (2, 3) else norm
 
     monkeypatch.setattr(trainer_mod, "grad_norm", overflowing)
-    run = _trainer(make_tiny_cfg(*FAST, "precision.dtype=fp16", run_dir=tmp_path / "overflow"))
+    run = make_trainer(make_tiny_cfg(*FAST, "precision.dtype=fp16", run_dir=tmp_path / "overflow"))
     steps = []
     original_step = run.train_step
 
@@ -89,7 +78,7 @@ def test_forced_overflow_skips_the_update_without_advancing_the_schedule(make_ti
     assert steps[1] == (1, 1, True) and steps[2] == (1, 1, True)  # skipped: count stays
     assert run.scaler.scale == 128.0 / 4  # halved twice
 
-    a, b = _train_records(tmp_path / "clean"), _train_records(tmp_path / "overflow")
+    a, b = records(tmp_path / "clean"), records(tmp_path / "overflow")
     assert [r["num_updates"] for r in b] == [1, 2, 3, 4]
     assert [r["lr"] for r in a] == [r["lr"] for r in b]
     assert [r["temperature"] for r in a] == [r["temperature"] for r in b]
@@ -99,7 +88,7 @@ def test_forced_overflow_skips_the_update_without_advancing_the_schedule(make_ti
 def test_fp16_and_bf16_train_on_cpu(make_tiny_cfg, tmp_path) -> None:
     for dtype in ("bf16", "fp16"):
         run = tmp_path / dtype
-        _trainer(make_tiny_cfg(*FAST, f"precision.dtype={dtype}", run_dir=run)).fit()
-        records = _train_records(run)
-        assert len(records) == 4 and all(math.isfinite(r["loss"]) for r in records)
-        assert ("loss_scale" in records[0]) == (dtype == "fp16")
+        make_trainer(make_tiny_cfg(*FAST, f"precision.dtype={dtype}", run_dir=run)).fit()
+        train = records(run)
+        assert len(train) == 4 and all(math.isfinite(r["loss"]) for r in train)
+        assert ("loss_scale" in train[0]) == (dtype == "fp16")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 
 from wav2vec2.files import load_checkpoint
+
+from helpers import assert_same_weights, records
 
 LOGGED = {
     "loss", "contrastive", "diversity", "feature_penalty", "accuracy", "prob_perplexity",
@@ -20,20 +21,15 @@ EXACT = ("loss", "contrastive", "diversity", "feature_penalty", "accuracy", "pro
          "code_perplexity", "temperature", "lr", "grad_norm", "masked_frames", "utterances")
 
 
-def _records(run_dir: Path, split: str = "train") -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["split"] == split]
-
-
 def test_tiny_config_runs_end_to_end(tiny_corpus: Path, tmp_path: Path, train_script) -> None:
     run = tmp_path / "run"
     proc = train_script(f"data.manifest_dir={tiny_corpus}", f"run_dir={run}")
-    train = _records(run)
+    train = records(run)
     assert [r["num_updates"] for r in train] == list(range(1, 11))
     assert LOGGED <= set(train[0])
     assert all(math.isfinite(r["loss"]) for r in train)
     assert [r["lr"] for r in train[:3]] == [0.0, 1e-3 / 2, 1e-3]  # warmup 2: 0 (as fairseq), peak/2, peak
-    valid = _records(run, "valid")
+    valid = records(run, "valid")
     assert [r["num_updates"] for r in valid] == [5, 10] and {"loss", "best_loss"} <= set(valid[0])
     names = {p.name for p in run.iterdir()}
     assert {"config.yaml", "metrics.jsonl", "tb", "checkpoint_last.pt", "checkpoint_best.pt",
@@ -63,15 +59,14 @@ def test_resume_is_bit_exact(tiny_corpus: Path, tmp_path: Path, train_script) ->
     assert 0 < mid["data"]["consumed"] < mid["data"]["sampler"]["num_batches"]  # mid-epoch
     train_script(*common, f"run_dir={resumed}")
 
-    a, b = _records(one_go), _records(resumed)
+    a, b = records(one_go), records(resumed)
     assert [r["num_updates"] for r in b] == list(range(1, 7))
     for ra, rb in zip(a, b):
         assert {k: ra[k] for k in EXACT} == {k: rb[k] for k in EXACT}
     assert len({r["temperature"] for r in a}) == 6
     sa, sb = load_checkpoint(one_go / "checkpoint_last.pt"), load_checkpoint(resumed / "checkpoint_last.pt")
     assert sa["data"]["epoch"] == sb["data"]["epoch"] == 2
-    for name, tensor in sa["model"].items():
-        assert torch.equal(tensor, sb["model"][name]), name
+    assert_same_weights(sa["model"], sb["model"])
     for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values()):
         assert all(torch.equal(pa[k], pb[k]) for k in pa)
     assert torch.equal(sa["rng"][0]["torch"], sb["rng"][0]["torch"])

@@ -13,8 +13,8 @@ from wav2vec2.data.dataset import (
     Collater,
     LabelledAudioDataset,
     RawAudioDataset,
-    collate_finetune,
-    collate_pretrain,
+    crop_to_shortest,
+    pad_to_longest,
 )
 from wav2vec2.data.labels import Dictionary, read_label_file
 from wav2vec2.data.loader import BatchStream, build_dataloader
@@ -42,9 +42,9 @@ __all__ = [
     "batch_seed",
     "build_dataloader",
     "build_manifest",
-    "collate_finetune",
-    "collate_pretrain",
+    "crop_to_shortest",
     "find_audio",
+    "pad_to_longest",
     "read_label_file",
     "read_manifest",
     "synth_utterance",

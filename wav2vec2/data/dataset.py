@@ -260,7 +260,7 @@ def _new_batch(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor
     return tensor, tensor.numpy()
 
 
-def collate_pretrain(
+def crop_to_shortest(
     items: list[dict], *, max_sample_size: int | None, generator: torch.Generator
 ) -> dict[str, torch.Tensor]:
     """Crop every item to the batch's shortest (capped at max_sample_size); no padding.
@@ -268,7 +268,7 @@ def collate_pretrain(
     Shape: source (B, L) with L = min(shortest item, max_sample_size); id (B,).
     """
     if not items:
-        raise ValueError("collate_pretrain: empty batch")
+        raise ValueError("crop_to_shortest: empty batch")
     lens = [len(it["source"]) for it in items]
     target = min(lens) if max_sample_size is None else min(min(lens), max_sample_size)
     starts = _crop_starts(lens, target, generator)
@@ -279,7 +279,7 @@ def collate_pretrain(
     return {"id": ids, "source": source}
 
 
-def collate_finetune(
+def pad_to_longest(
     items: list[dict], *, max_sample_size: int | None, generator: torch.Generator
 ) -> dict[str, torch.Tensor]:
     """Right zero-pad to the batch's longest (capped; longer items randomly cropped).
@@ -290,7 +290,7 @@ def collate_finetune(
     Shape: source (B, L), padding_mask (B, L) bool with True = padding, id (B,).
     """
     if not items:
-        raise ValueError("collate_finetune: empty batch")
+        raise ValueError("pad_to_longest: empty batch")
     lens = [len(it["source"]) for it in items]
     target = max(lens) if max_sample_size is None else min(max(lens), max_sample_size)
     starts = _crop_starts(lens, target, generator)
@@ -311,7 +311,9 @@ def collate_finetune(
 class Collater:
     """Picklable collate for DataLoader workers: `collater(items, crop_seed=...)`.
 
-    `pad=False` is pretraining (`collate_pretrain`), `pad=True` fine-tuning. Items that
+    `pad=False` crops every utterance to the batch's shortest (`crop_to_shortest`: what
+    pretraining does, no padding), `pad=True` pads to the longest (`pad_to_longest`: what
+    fine-tuning needs, every sample kept). Items that
     replaced a bad file (`RawAudioDataset(bad_files="skip")`) add `batch["bad_files"]`,
     one "path (manifest:line): reason" string each.
     """
@@ -322,7 +324,7 @@ class Collater:
 
     def __call__(self, items: list[dict], *, crop_seed: int) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(crop_seed)
-        collate = collate_finetune if self.pad else collate_pretrain
+        collate = pad_to_longest if self.pad else crop_to_shortest
         batch = collate(items, max_sample_size=self.max_sample_size, generator=generator)
         if "target" in items[0]:
             # target (B, S) padded with <pad>, target_lengths (B,)

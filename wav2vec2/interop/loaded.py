@@ -135,10 +135,12 @@ class LoadedModel:
 
 def kind_of_weights(weights: dict[str, Any]) -> str | None:
     """The kind a state dict in our names is ("ctc": encoder under `wav2vec2.` and `proj`;
-    "pretraining": quantizer and projections; "encoder": neither), None if it is none of them."""
+    "pretraining": the encoder with all three pretraining modules; "encoder": none of them),
+    None if it is none of these (some of the pretraining modules but not all: a broken file)."""
     keys = list(weights)
     if "proj.weight" in weights and any(k.startswith(CTC_ENCODER) for k in keys):
         return CTC
-    if any(k.startswith("feature_encoder.") for k in keys):
-        return PRETRAINING if any(k.startswith(PRETRAINING_MODULES) for k in keys) else ENCODER
-    return None
+    if not any(k.startswith("feature_encoder.") for k in keys):
+        return None
+    heads = [any(k.startswith(module) for k in keys) for module in PRETRAINING_MODULES]
+    return PRETRAINING if all(heads) else ENCODER if not any(heads) else None

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from wav2vec2.tasks.base import LossOutput, Task
+from wav2vec2.tasks.base import LossOutput, Panel, Task
 from wav2vec2.tasks.ctc import CtcTask
 from wav2vec2.tasks.pretrain import PretrainTask
 from wav2vec2.config import TrainConfig
@@ -38,4 +38,4 @@ def build_task(cfg: TrainConfig) -> Task:
     return TASKS[name](cfg)
 
 
-__all__ = ["TASKS", "LossOutput", "Task", "build_task", "config_from_dict"]
+__all__ = ["TASKS", "LossOutput", "Panel", "Task", "build_task", "config_from_dict"]

@@ -1,25 +1,57 @@
-"""The task interface: everything the training loop needs to know about one kind of training.
+"""The task contract: everything the training loop needs to know about one kind of training.
 
 The loop (`wav2vec2.train.trainer.Trainer`) owns devices, DDP, gradient accumulation,
-precision and loss scaling, clipping, the learning-rate schedule, checkpoints, exact resume,
-logging and the validation cadence. A task owns the rest:
+precision and loss scaling, clipping, the learning-rate schedule, checkpoints, exact
+resume, logging and the validation cadence. A task owns its model, data, loss, metrics and
+the judgement of a run. A new task is one file beside `pretrain.py` and `ctc.py`, one line
+in `wav2vec2/tasks/__init__.py` and a YAML preset; if the loop ever needs
+`if task == ...`, this contract is missing a method.
 
-- `build_model()`: the model, with its initial weights (random, or loaded from a
-  pretrained checkpoint);
-- `build_dataset(subset)`: the dataset of a manifest subset ("train", "valid"...);
-- `loss(model, batch, ...)`: a loss *sum*, what it is summed over (`sample_size`: masked
-  frames, utterances...) and named metric sums. The loop divides the gradient by the
-  sample size summed over ranks and micro-batches, so the update is fairseq's;
-- `metrics(sums, ...)`: how the summed metrics become logged numbers (bits, perplexities);
-- `valid_step` / `valid_metrics`: the same for validation (WER and friends);
-- `best_metric` / `higher_is_better`: which validation metric picks `checkpoint_best`;
-- `health(history)`: warnings worth a human's attention; `checks(metrics)`: the verdict;
-- `state_dict()` / `load_state_dict()`: task state a checkpoint must carry (none so far:
-  the Gumbel temperature and the fine-tuning freeze are functions of the update count).
+What the loop calls, in this order:
 
-If the loop ever needs `if task == ...`, this interface is missing a method. A new task
-is one file beside `pretrain.py` and `ctc.py`, one line in `wav2vec2/tasks/__init__.py`
-and a YAML preset.
+1. `prepare()`, before anything else (it may fix `cfg.model`'s architecture from a
+   pretrained model); then `build_model()` under `torch.manual_seed(seed)`, so every rank
+   builds the same weights, and `has_unused_parameters()` for DDP.
+2. `build_dataset(data.train_subset)`, then `build_dataset(data.valid_subset)` if set.
+3. `load_state_dict(...)` when the run resumes or continues from a checkpoint.
+4. Each update, for each micro-batch: `loss(model, batch, ...)`; the loop back-propagates
+   `LossOutput.loss`, adds the sums over micro-batches and ranks, divides the gradient by
+   the summed `sample_size` (fairseq's update), then calls `metrics(sums, ...)` once, unless
+   the update is skipped (inf/nan). `interval_weights` say how the logged rows average
+   updates; `console` which metrics the progress line shows.
+5. Each validation, for each batch on each rank: `valid_step(model, batch, ...)`; then
+   `valid_metrics(sums, ...)` once. `best_metric` / `higher_is_better` pick `checkpoint_best`.
+6. After each logged row (train or valid), on rank 0: `health(history)`, printed as warnings.
+7. `state_dict()` at every checkpoint, on every rank.
+8. At the end of a run (rank 0), and from `python -m wav2vec2.train.plots RUN`: `verdict(history)`
+   (through `checks` and `describe`) and `panels()` for `curves.png`.
+
+What a task may assume:
+
+- `batch` is on the model's device: "id" (B,), "source" (B, L) float, "padding_mask"
+  (B, L) with True = padding only when some utterance is padded, and "target" /
+  "target_lengths" from a `LabelledAudioDataset`. The loop has taken "bad_files" out.
+- `loss` runs in train mode with autocast active under bf16/fp16, the model wrapped in DDP
+  (call it, do not reach into it); `valid_step` runs the unwrapped model in eval mode under
+  `no_grad`, also under autocast.
+- `generator` is on the device and seeded for this batch from (seed, epoch, global batch
+  position): its draws (masks, negatives, Gumbel noise) are the same whatever the number of
+  ranks or micro-batches and after a resume. Dropout uses the global RNG, per rank, saved
+  in checkpoints.
+- `num_updates` counts the updates done before this one (0 first) and does not advance on a
+  skipped update: schedules that are functions of it survive resume with no state.
+- `metrics` / `valid_metrics` get Python floats: the task's own sums, summed over
+  micro-batches (or batches) and ranks, plus "sample_size".
+
+What a task must not do:
+
+- name a sum or a metric after one of the loop's own (`RESERVED`, and `best_{best_metric}`):
+  the loop raises ValueError naming the name and the task;
+- return other sum names from one call to the next;
+- back-propagate, step or all-reduce itself, or turn sums into Python numbers inside
+  `loss` (one host sync per update is the loop's);
+- keep state a resumed run needs outside `state_dict()` (none so far: the Gumbel
+  temperature and the fine-tuning freeze are functions of `num_updates`).
 """
 
 from __future__ import annotations
@@ -35,6 +67,17 @@ from wav2vec2.data import RawAudioDataset
 from wav2vec2.config import TrainConfig
 
 
+RESERVED = frozenset({
+    "sample_size",  # the summed LossOutput.sample_size, added to the sums `metrics` gets
+    "utterances", "lr", "grad_norm", "loss_scale",  # the loop's numbers of each update
+    "data_wait_sec", "audio_sec_per_sec",  # throughput
+    "nonfinite_skips", "bad_files",  # run totals
+    "split", "num_updates", "time",  # every record of metrics.jsonl
+})
+"""Names the loop writes itself: a task's sums and metrics must not use them, nor
+`best_{best_metric}` (validation rows), or the loop raises ValueError naming the name."""
+
+
 @dataclass
 class LossOutput:
     loss: Tensor
@@ -44,6 +87,24 @@ class LossOutput:
     sums: dict[str, Tensor | float]
     """Named, detached metric sums over this micro-batch; the loop adds them over
     micro-batches and ranks before `Task.metrics` turns them into logged numbers."""
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a run's curves (`python -m wav2vec2.train.plots RUN`), against updates."""
+
+    title: str
+    train: tuple[tuple[str, str], ...] = ()
+    """(metric, legend label) of the lines drawn from the train rows."""
+    valid: tuple[tuple[str, str], ...] = ()
+    """(metric, legend label) of the lines drawn, with markers, from the validation rows."""
+    references: tuple[tuple[float, str], ...] = ()
+    """(value, legend label) of dashed horizontal lines: chance, a collapse floor..."""
+    ylabel: str = ""
+    ylim: tuple[float, float] | None = None
+    """Fixed y range, where one curve would squash the others; None: matplotlib's."""
+    lr: bool = False
+    """Also draw the learning rate, on a second y axis."""
 
 
 class Task:
@@ -123,6 +184,10 @@ class Task:
         """Warnings about the newest record of `history` (every logged record so far, each
         with "split", "num_updates" and the metrics), in the light of the ones before."""
         return []
+
+    def panels(self) -> list[Panel]:
+        """What `curves.png` shows, panel by panel."""
+        return [Panel("loss", train=(("loss", "train"),), valid=(("loss", "valid"),), lr=True)]
 
     def describe(self, metrics: dict[str, float]) -> list[str]:
         """The lines of the end-of-run summary that show `metrics` (a validation result)."""

@@ -12,7 +12,7 @@ vocabulary of `dict.ltr.txt`. As fairseq (`models/wav2vec/wav2vec2_asr.py`, `cri
 - the loss is `ctc_loss` summed over utterances (blank 0, `zero_infinity`), and the sample
   size is the number of utterances (`sentence_avg`);
 - validation decodes greedily and reports `wer` and `cer` in percent; the best
-  checkpoint is the one with the lowest WER.
+  checkpoint is the one with the lowest WER (or CER: `task.best_metric`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from wav2vec2.infer.decode import error_counts, greedy_ctc, wer_cer
 from wav2vec2.interop.load import load_model
 from wav2vec2.model.ctc import Wav2Vec2Ctc, ctc_loss_sum
 from wav2vec2.model.losses import LN2
-from wav2vec2.tasks.base import LossOutput, Task
+from wav2vec2.tasks.base import LossOutput, Panel, Task
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +236,16 @@ class CtcTask(Task):
         if "wer" in metrics:  # a validation result
             checks["WER below 100%"] = metrics["wer"] < 100.0
         return checks
+
+    def panels(self) -> list[Panel]:
+        return [
+            Panel("CTC loss", train=(("loss_per_token", "train"),), valid=(("loss_per_token", "valid"),),
+                  ylabel="bits per letter"),
+            Panel("error rates (greedy decoding)", valid=(("wer", "valid WER"), ("cer", "valid CER")), ylabel="%"),
+            Panel("frames whose best symbol is the blank", train=(("blank_frac", "train"),),
+                  valid=(("blank_frac", "valid"),), ylim=(0.0, 1.02)),
+            Panel("freeze and learning rate", train=(("encoder_frozen", "encoder frozen (1)"),), lr=True),
+        ]
 
     def describe(self, metrics: dict[str, float]) -> list[str]:
         lines = [f"  WER {metrics['wer']:.2f}%   CER {metrics['cer']:.2f}%"] if "wer" in metrics else []

@@ -24,7 +24,7 @@ from wav2vec2.data import RawAudioDataset
 from wav2vec2.model.losses import LN2, pretraining_loss
 from wav2vec2.model.quantizer import gumbel_temperature
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
-from wav2vec2.tasks.base import LossOutput, Task
+from wav2vec2.tasks.base import LossOutput, Panel, Task
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,23 @@ class PretrainTask(Task):
     @property
     def chance_accuracy(self) -> float:
         return 1.0 / (self.cfg.model.num_negatives + 1)
+
+    def panels(self) -> list[Panel]:
+        chance, G = self.chance_bits, self.cfg.model.quantizer.num_codebooks
+        return [
+            # The total starts far above chance: the y range keeps the contrastive part readable.
+            Panel("loss", train=(("contrastive", "train contrastive"), ("loss", "train total")),
+                  valid=(("contrastive", "valid contrastive"),),
+                  references=((chance, f"chance log2(K+1) = {chance:.2f}"),), ylabel="bits per masked frame",
+                  ylim=(0.0, 1.5 * chance)),
+            Panel("accuracy", train=(("accuracy", "train"),), valid=(("accuracy", "valid"),),
+                  references=((self.chance_accuracy, "chance 1/(K+1)"),)),
+            Panel("codebook perplexity",
+                  train=(("code_perplexity", "code perplexity"), ("prob_perplexity", "prob perplexity")),
+                  references=((G, f"collapse (G = {G})"),)),
+            Panel("temperature and learning rate", train=(("temperature", "Gumbel temperature"),),
+                  ylabel="temperature", lr=True),
+        ]
 
     def checks(self, metrics: dict[str, float]) -> dict[str, bool]:
         t, G = self.task_cfg, self.cfg.model.quantizer.num_codebooks

@@ -1,7 +1,8 @@
 """Atomic checkpoint files in a run directory.
 
 Layout: `checkpoint_last.pt` (newest), `checkpoint_{update:08d}.pt` (interval snapshots,
-pruned to the newest `keep_last`), `checkpoint_best.pt` (lowest validation loss).
+pruned to the newest `keep_last`), `checkpoint_best.pt` (the best validation so far by the
+task's `best_metric`: the loss for pretraining, WER or CER for CTC fine-tuning).
 
 Every file is written with `wav2vec2.files.atomic_write`: a reader (or a resumed run after
 a SIGKILL) sees either the old complete file or the new complete one, never a torn file.
@@ -11,8 +12,9 @@ untouched and raises CheckpointWriteError naming the path and errno. Pruning old
 never removes the newest one that loads. Files are read with `files.load_checkpoint`
 (weights-only: no code from a file runs).
 
-The run directory's layout only: what goes into a checkpoint is the trainer's business, the
-RNG states and seeding are in `rng.py`.
+Rank 0 writes; `save_from_rank0` lets every rank know whether it could. What goes into a
+checkpoint is `Trainer.state_dict`'s business, which one a run starts from `resume.py`'s, the
+RNG states `rng.py`'s.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 
 from wav2vec2.files import FileWriteError, atomic_write, is_loadable, load_checkpoint, serialize
+from wav2vec2.train.distributed import all_reduce_sum
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,42 @@ def save(
         prune_snapshots(run_dir, keep_last)
     if best:
         _write(run_dir / BEST, data)
+
+
+def save_from_rank0(
+    run_dir: Path, state: dict[str, Any], *, is_main: bool, device: torch.device, snapshot: bool, best: bool,
+    keep_last: int,
+) -> None:
+    """`save` on rank 0, and every rank learns whether it worked (a collective, also the
+    barrier): a write that fails (disk full, permissions) raises CheckpointWriteError on
+    every rank, leaving the files already there intact. A run that cannot checkpoint must
+    not train on for days at risk."""
+    failure: CheckpointWriteError | None = None
+    if is_main:
+        try:
+            save(run_dir, state, snapshot=snapshot, best=best, keep_last=keep_last)
+        except CheckpointWriteError as err:
+            log.error("%s", err)
+            failure = err
+    failed = all_reduce_sum(torch.tensor([float(failure is not None)], device=device))
+    if failure is not None:
+        raise failure
+    if failed.item() > 0:
+        raise CheckpointWriteError(f"rank 0 could not write a checkpoint to {run_dir} (its log says why)")
+
+
+def describe_best(run_dir: Path) -> str:
+    """One line: the update `checkpoint_best.pt` holds and its validation metric."""
+    path = Path(run_dir) / BEST
+    if not path.is_file():
+        return f"no {BEST}: the run has not validated"
+    try:
+        state = load_checkpoint(path, mmap=True)  # the tensors stay on disk
+    except Exception as err:  # noqa: BLE001 - a summary line, not a reason to fail a finished run
+        return f"{BEST} does not load: {err}"
+    best = state.get("best_valid_metric") or {"name": "loss", "value": state.get("best_valid_loss")}  # version 1
+    value = "unknown" if best["value"] is None else f"{best['value']:.4g}"
+    return f"{BEST} holds update {state['num_updates']}: valid {best['name']} {value}"
 
 
 def snapshots(run_dir: Path) -> list[Path]:

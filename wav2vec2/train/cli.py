@@ -37,9 +37,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from wav2vec2.config import PRESETS, ModelConfig
+from wav2vec2.config import PRESETS, TrainConfig
 from wav2vec2.tasks import TASKS, config_from_dict
-from wav2vec2.config import TrainConfig
 
 # The repository's configs/ (an editable or source install); `--config-dir` adds another.
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,15 @@ def init_distributed(*, backend: str = "auto", device: str = "auto", timeout_min
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout,
                                 store=_restart_store(timeout))
     return DistInfo(rank, local_rank, world_size, dev)
+
+
+def data_parallel(model: torch.nn.Module, info: DistInfo, *, find_unused_parameters: bool) -> torch.nn.Module:
+    """`model` in DDP (gradients averaged over ranks) when there are several ranks, else
+    `model` itself. `find_unused_parameters`: some parameters may get no gradient in an update."""
+    if not info.is_distributed:
+        return model
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
 
 
 def _restart_store(timeout: datetime.timedelta) -> dist.Store | None:

@@ -4,6 +4,7 @@ files the data pipeline replaced. Kept out of the loop so `trainer.py` reads as 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 log = logging.getLogger("wav2vec2.train")
@@ -26,6 +27,28 @@ def too_many_nonfinite(consecutive: int, *, update: int, limit: int, run_dir: Pa
         "up the feature encoder; a corrupt, empty or silent file (a constant clip with data.normalize=true "
         "divides by zero): the files of each skipped batch are in the warnings above. Fix the cause, then "
         "rerun the same command to resume from that checkpoint.")
+
+
+class NonFiniteSkips:
+    """Updates skipped for an inf/nan loss or gradient norm (fp32/bf16): `total` over the
+    whole run, and in a row; more than `limit` in a row stops the run."""
+
+    def __init__(self, *, limit: int, run_dir: Path, rank: int) -> None:
+        self.limit, self.run_dir, self.rank = limit, run_dir, rank
+        self.total = 0
+        self.in_a_row = 0
+
+    def skipped(self, update: int, *, loss_sum: float, grad_norm: float, files: list[str]) -> None:
+        """Count and warn about skipped `update`, naming this rank's `files`; raise
+        NonFiniteTrainingError past the limit. Every rank calls it for the same update (both
+        numbers are all-reduced), and each names its own share of the batch."""
+        self.total += 1
+        self.in_a_row += 1
+        log.warning("non-finite %s at update %d (loss sum %g, grad norm %g): update skipped (%d in a row, %d "
+                    "in this run); rank %d's batch: %s", "loss" if not math.isfinite(loss_sum) else "gradient norm",
+                    update, loss_sum, grad_norm, self.in_a_row, self.total, self.rank, "; ".join(files))
+        if self.in_a_row > self.limit:
+            raise too_many_nonfinite(self.in_a_row, update=update, limit=self.limit, run_dir=self.run_dir)
 
 
 class BadFileLog:

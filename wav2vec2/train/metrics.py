@@ -185,6 +185,13 @@ def log_to_file(path: Path, held: logging.handlers.MemoryHandler | None = None) 
     return handler
 
 
+def stop_log_to_file(handler: logging.Handler | None) -> None:
+    """Undo `log_to_file` (nothing for None): the run's train.log is complete."""
+    if handler is not None:
+        logging.getLogger("wav2vec2").removeHandler(handler)
+        handler.close()
+
+
 class _ConsoleFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(message)s", datefmt="%H:%M:%S")

@@ -1,10 +1,12 @@
-"""Curves and the health verdict of a run, from its `metrics.jsonl` and `config.yaml`.
+"""Curves and the end-of-run summary of a run, from its `metrics.jsonl`, `config.yaml` and
+`checkpoint_best.pt`.
 
-    python -m wav2vec2.train.plots RUN_DIR      # writes RUN_DIR/curves.png, prints the verdict
+    python -m wav2vec2.train.plots RUN_DIR      # writes RUN_DIR/curves.png, prints the summary
 
-The verdict is the run's task's (`Task.verdict`: pretraining's "it learned" checks, CTC's
-"it emits letters" ones), the same the trainer prints at the end of a run. Exit status 1
-when the run is not healthy.
+The curves are the panels the run's task declares (`Task.panels`). The summary is the task's
+verdict (`Task.verdict`: pretraining's "it learned" checks, CTC's "it emits letters" ones)
+and which update `checkpoint_best.pt` holds, as the trainer prints it at the end of a run.
+Exit status 1 when the run is not healthy, 2 when it cannot be read.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wav2vec2.tasks import Task, build_task, config_from_dict
+from wav2vec2.train import checkpoint as ckpt
 from wav2vec2.train.metrics import read_history
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def load_run(run_dir: Path) -> tuple[Task, list[dict[str, Any]]]:
@@ -28,10 +34,18 @@ def load_run(run_dir: Path) -> tuple[Task, list[dict[str, Any]]]:
 
 
 def verdict(run_dir: Path) -> tuple[list[str], bool]:
+    """The run's `summary` lines and whether it is healthy."""
     task, history = load_run(run_dir)
     if not history:
         raise ValueError(f"{run_dir}/metrics.jsonl holds no record yet")
-    return task.verdict(history)
+    return summary(run_dir, task, history)
+
+
+def summary(run_dir: Path, task: Task, history: list[dict[str, Any]]) -> tuple[list[str], bool]:
+    """The end-of-run summary: the task's verdict (`Task.verdict`) and what `checkpoint_best.pt`
+    holds. The trainer prints it at the end of a run, `main` again on demand."""
+    lines, healthy = task.verdict(history)
+    return [*lines, ckpt.describe_best(run_dir)], healthy
 
 
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -39,90 +53,58 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
     return [u for u, _ in pairs], [v for _, v in pairs]
 
 
-def _pretrain_panels(axes, task, train, valid) -> None:
-    chance = math.log2(task.cfg.model.num_negatives + 1)
-    ax = axes[0, 0]
-    ax.plot(*_series(train, "contrastive"), label="train contrastive")
-    ax.plot(*_series(train, "loss"), label="train total", alpha=0.5)
-    ax.plot(*_series(valid, "contrastive"), "o-", label="valid contrastive")
-    ax.axhline(chance, color="gray", ls="--", label=f"chance log2(K+1) = {chance:.2f}")
-    # The total starts far above chance; keep the contrastive part readable.
-    ax.set_ylim(0, 1.5 * chance)
-    ax.set_ylabel("bits per masked frame")
-    ax.set_title("loss")
-
-    ax = axes[0, 1]
-    ax.plot(*_series(train, "accuracy"), label="train")
-    ax.plot(*_series(valid, "accuracy"), "o-", label="valid")
-    ax.axhline(1 / (task.cfg.model.num_negatives + 1), color="gray", ls="--", label="chance 1/(K+1)")
-    ax.set_title("accuracy")
-
-    G = task.cfg.model.quantizer.num_codebooks
-    ax = axes[1, 0]
-    ax.plot(*_series(train, "code_perplexity"), label="code perplexity")
-    ax.plot(*_series(train, "prob_perplexity"), label="prob perplexity")
-    ax.axhline(G, color="red", ls="--", label=f"collapse (G = {G})")
-    ax.set_title("codebook perplexity")
-
-    ax = axes[1, 1]
-    ax.plot(*_series(train, "temperature"), label="Gumbel temperature")
-    ax.set_ylabel("temperature")
-    ax.set_title("temperature and learning rate")
-
-
-def _ctc_panels(axes, task, train, valid) -> None:
-    ax = axes[0, 0]
-    ax.plot(*_series(train, "loss_per_token"), label="train")
-    ax.plot(*_series(valid, "loss_per_token"), "o-", label="valid")
-    ax.set_ylabel("bits per letter")
-    ax.set_title("CTC loss")
-
-    ax = axes[0, 1]
-    ax.plot(*_series(valid, "wer"), "o-", label="valid WER")
-    ax.plot(*_series(valid, "cer"), "o-", label="valid CER")
-    ax.set_ylabel("%")
-    ax.set_title("error rates (greedy decoding)")
-
-    ax = axes[1, 0]
-    ax.plot(*_series(train, "blank_frac"), label="train")
-    ax.plot(*_series(valid, "blank_frac"), "o-", label="valid")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("frames whose best symbol is the blank")
-
-    ax = axes[1, 1]
-    ax.plot(*_series(train, "encoder_frozen"), label="encoder frozen (1)")
-    ax.set_title("freeze and learning rate")
-
-
-PANELS = {"pretrain": _pretrain_panels, "ctc": _ctc_panels}
-
-
-def plot_curves(run_dir: Path, out: Path | None = None) -> Path:
-    """The task's four panels of curves against updates, as a PNG."""
+def draw_curves(task: Task, history: list[dict[str, Any]], title: str = "") -> Figure:
+    """The task's panels (`Task.panels`) in two columns, each with its legend in a strip of its
+    own below it, where it cannot cover a curve."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
+    panels = task.panels()
+    train = [r for r in history if r["split"] == "train"]
+    valid = [r for r in history if r["split"] == "valid"]
+    rows = math.ceil(len(panels) / 2)
+    fig, axes = plt.subplots(2 * rows, 2, figsize=(11, 4 * rows), height_ratios=[5, 1] * rows, layout="constrained",
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, panel in enumerate(panels):
+        ax, legend_ax = axes[2 * (i // 2), i % 2], axes[2 * (i // 2) + 1, i % 2]
+        ax.axis("on")
+        for key, label in panel.train:
+            ax.plot(*_series(train, key), label=label)
+        for key, label in panel.valid:
+            ax.plot(*_series(valid, key), "o-", label=label)
+        for value, label in panel.references:
+            ax.axhline(value, color="gray", ls="--", label=label)
+        if panel.ylim is not None:
+            ax.set_ylim(*panel.ylim)
+        ax.set(title=panel.title, ylabel=panel.ylabel, xlabel="updates")
+        handles, labels = ax.get_legend_handles_labels()
+        if panel.lr:
+            lr_ax = ax.twinx()
+            lr_ax.plot(*_series(train, "lr"), color="black", alpha=0.6, label="lr")
+            lr_ax.set_ylabel("lr")
+            more_handles, more_labels = lr_ax.get_legend_handles_labels()
+            handles, labels = handles + more_handles, labels + more_labels
+        if handles:
+            legend_ax.legend(handles, labels, loc="upper center", ncol=min(len(handles), 3), fontsize=8,
+                             frameon=False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_curves(run_dir: Path, out: Path | None = None) -> Path:
+    """The run's curves (`draw_curves`) as a PNG, by default `run_dir/curves.png`."""
+    import matplotlib.pyplot as plt
+
     run_dir = Path(run_dir)
     out = out or run_dir / "curves.png"
     task, history = load_run(run_dir)
-    train = [r for r in history if r["split"] == "train"]
-    valid = [r for r in history if r["split"] == "valid"]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
-    PANELS[task.name](axes, task, train, valid)
-    lr_ax = axes[1, 1].twinx()
-    lr_ax.plot(*_series(train, "lr"), color="tab:orange", label="lr")
-    lr_ax.set_ylabel("lr")
-    lr_ax.legend(loc="center right", fontsize=8)
-    for ax in axes.flat:
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="upper right")
-    for ax in axes[1]:
-        ax.set_xlabel("updates")
     last = history[-1]["num_updates"] if history else 0
-    fig.suptitle(f"{run_dir.name} ({task.name}): {last} updates")
-    fig.tight_layout()
+    fig = draw_curves(task, history, title=f"{run_dir.name} ({task.name}): {last} updates")
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

@@ -1,4 +1,5 @@
-"""Random-number state: seeding the global generators and saving / restoring them.
+"""Random-number state: seeding the global generators and saving / restoring them, and the
+switch to deterministic kernels.
 
 Checkpoints carry every rank's states (torch CPU and CUDA, NumPy, Python) so a resumed run
 draws the same dropout masks and LayerDrop decisions as an uninterrupted one. Masks,
@@ -8,6 +9,7 @@ negatives, Gumbel noise and crops do not need this: they are seeded per batch
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -20,6 +22,14 @@ def seed_global_rngs(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def set_deterministic() -> None:
+    """Deterministic kernels (cuBLAS workspace, cuDNN, `use_deterministic_algorithms`): the
+    same run gives the same bits on a GPU too, slower (`train.deterministic`)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def rng_state() -> dict[str, Any]:

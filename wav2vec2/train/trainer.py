@@ -1,9 +1,12 @@
 """The training loop: any task, one process or many (DDP), fp32 / bf16 / fp16, exact resume.
 
-What is trained is the task's business (`wav2vec2.tasks`): its model, data, loss and
-metrics. The loop owns everything else: devices, DDP, gradient accumulation with `no_sync`,
-precision and loss scaling, clipping, the lr schedule, checkpoints, exact resume, logging
-and the validation cadence.
+What is trained is the task's business (`wav2vec2.tasks`; the contract between the two is
+written in `tasks/base.py`): its model, data, loss and metrics. The loop owns everything
+else: devices, DDP, gradient accumulation with `no_sync`, precision and loss scaling,
+clipping, the lr schedule, logging, the validation cadence and checkpoints. What is not the
+loop itself sits beside it: `sums.py` (an update's sums, the task's apart from the loop's),
+`resume.py` (which checkpoint a run starts from, and whether it fits), `checkpoint.py`
+(the files), `stopping.py` (signals, time limit), `faults.py` (inf/nan updates, bad files).
 
 Gradient semantics are fairseq's (`trainer.py`, `train_step`): every rank back-propagates the *sum* of the
 loss over its micro-batches; after accumulation the gradients (averaged over ranks by DDP)
@@ -19,35 +22,33 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
+from omegaconf import OmegaConf
 
-from wav2vec2.files import atomic_write, load_checkpoint
-from wav2vec2.config import architecture_differences
-from wav2vec2.data import STREAM_TRAIN, STREAM_VALID, BatchStream, TokenBudgetBatchSampler, batch_seed, build_dataloader
-from wav2vec2.tasks.base import Task
-from wav2vec2.train import checkpoint as ckpt
-from wav2vec2.train import distributed as dist_utils
-from wav2vec2.train import rng
 from wav2vec2.config import TrainConfig, validate
-from wav2vec2.train.faults import BadFileLog, too_many_nonfinite
-from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging
+from wav2vec2.data import STREAM_TRAIN, STREAM_VALID, BatchStream, TokenBudgetBatchSampler, batch_seed, build_dataloader
+from wav2vec2.files import atomic_write
+from wav2vec2.tasks.base import Task
+from wav2vec2.train import checkpoint as ckpt, distributed as dist_utils, resume, rng
+from wav2vec2.train.faults import BadFileLog, NonFiniteSkips
+from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging, stop_log_to_file
 from wav2vec2.train.optim import (
     build_loss_scaler, build_optimizer, grad_norm, lr_at, resolve_precision, scale_grads_, set_lr,
 )
+from wav2vec2.train.plots import summary
+from wav2vec2.train.stopping import StopRequests
+from wav2vec2.train.sums import Sums, batch_counts, refuse_reserved
 
 log = logging.getLogger("wav2vec2.train")
 
-CHECKPOINT_VERSION = 2  # 2: + "task" state and "best_valid_metric"; version 1 files still load
-
 
 class Trainer:
+    """One run of one task: built (and restored) from the config, trained by `fit()`."""
+
     def __init__(self, cfg: TrainConfig, task: Task) -> None:
         self.dist = dist_utils.init_distributed(backend=cfg.distributed.backend, device=cfg.train.device,
                                                 timeout_minutes=cfg.distributed.timeout_minutes)
@@ -61,21 +62,15 @@ class Trainer:
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
         if cfg.train.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
+            rng.set_deterministic()
 
         # Same init on every rank; then dropout streams differ per rank.
         torch.manual_seed(cfg.seed)
         self.model = task.build_model().to(self.device)
         rng.seed_global_rngs(cfg.seed + self.dist.rank)
-        self.ddp_model: torch.nn.Module = self.model
-        if self.dist.is_distributed:
-            unused = cfg.distributed.find_unused_parameters
-            if unused is None:
-                unused = task.has_unused_parameters()
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model = DDP(self.model, device_ids=ids, find_unused_parameters=unused)
+        unused = cfg.distributed.find_unused_parameters
+        self.ddp_model = dist_utils.data_parallel(
+            self.model, self.dist, find_unused_parameters=task.has_unused_parameters() if unused is None else unused)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.precision = resolve_precision(cfg.precision.dtype, self.device)
@@ -93,14 +88,13 @@ class Trainer:
         self.valid_loader = self._build_valid_loader()
         self.num_updates = 0
         self.best_valid = -math.inf if task.higher_is_better else math.inf
-        self.num_nonfinite_skips = 0
-        """Updates skipped for an inf/nan loss or gradient norm (fp32/bf16), over the whole run."""
-        self._consecutive_nonfinite = 0
+        self.nonfinite = NonFiniteSkips(limit=cfg.train.max_consecutive_nonfinite, run_dir=self.run_dir,
+                                        rank=self.dist.rank)
         self.num_bad_files = 0
         """Files the data pipeline replaced (`data.bad_files: skip`), over all ranks and the whole run."""
+        self.update_audio_sec = 0.0
+        """Seconds of audio (all ranks, unpadded) in the last update: the loop's throughput."""
         self.bad_file_log = BadFileLog(self.run_dir, self.dist.rank)
-        self._stop_requested = False
-        self._interrupted = False
         self.stop_reason: str | None = None
         """Why the last `fit` ended before `optim.max_update` / `train.stop_at_update`, with a
         checkpoint written: "preempted" (SIGTERM, SIGUSR1, `train.time_limit_minutes`) or
@@ -109,7 +103,7 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._log_file = log_to_file(self.run_dir / "train.log", held_log)
-            _write_config(cfg, self.run_dir / "config.yaml")
+            atomic_write(self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)).encode())
         dist_utils.barrier()
         self._restore()
         self.metrics = (
@@ -155,33 +149,26 @@ class Trainer:
         return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                 for k, v in batch.items()}
 
-    @staticmethod
-    def _batch_counts(batch: dict[str, Any]) -> dict[str, Any]:
-        """Utterances and unpadded audio samples of a (host) batch, for throughput."""
-        padding = batch.get("padding_mask")
-        samples = batch["source"].numel() if padding is None else int((~padding).sum())
-        return {"utterances": batch["source"].shape[0], "audio_samples": samples}
-
     # ---------------------------------------------------------------- one update
     def train_step(self, micro_batches: list[tuple[int, int, dict[str, Any]]]) -> dict[str, float] | None:
         """Forward/backward over this rank's micro-batches, then one optimizer update.
 
         Returns the update's metrics, or None when the update is skipped: fp16 overflowed
         (the loss scaler lowers its scale), or in fp32/bf16 the loss or gradient norm is
-        not finite (see `_skip_nonfinite`). A skipped update leaves the weights, the
+        not finite (`faults.NonFiniteSkips`). A skipped update leaves the weights, the
         optimizer and the update count (hence lr and any schedule of the task) as they
         were; its batches are consumed all the same.
         """
         self.ddp_model.train()
         loss_scale = self.scaler.scale if self.scaler is not None else 1.0
         self.optimizer.zero_grad(set_to_none=True)
-        sums = _Sums(self.device)
+        sums = Sums(self.task, self.device)
         for i, (epoch, position, batch) in enumerate(micro_batches):
             self.generator.manual_seed(batch_seed(self.cfg.seed, epoch, position, stream=STREAM_TRAIN))
             last = i == len(micro_batches) - 1
             sync = contextlib.nullcontext() if last or self.ddp_model is self.model else self.ddp_model.no_sync()
             num_bad = self.bad_file_log.take(batch, update=self.num_updates + 1)
-            counts = self._batch_counts(batch)
+            counts = batch_counts(batch)
             with sync:
                 with self._autocast():
                     out = self.task.loss(self.ddp_model, self._to_device(batch), num_updates=self.num_updates,
@@ -189,11 +176,11 @@ class Trainer:
                 (out.loss * loss_scale).backward()
             # The back-propagated loss joins the sums, so its finiteness is decided on the
             # all-reduced total: the same on every rank, and no host sync per micro-batch.
-            sums.add(out.sums, sample_size=out.sample_size, _loss=out.loss.detach(), _bad_files=num_bad, **counts)
-        totals = sums.all_reduce()
-        self.num_bad_files += int(totals.pop("_bad_files"))
-        loss_sum = totals.pop("_loss")
-        n = totals["sample_size"]
+            sums.add(out.sums, sample_size=out.sample_size, loss=out.loss.detach(), bad_files=num_bad, **counts)
+        task_sums, loop_sums = sums.all_reduce()
+        self.num_bad_files += int(loop_sums["bad_files"])
+        loss_sum = loop_sums["loss"]
+        n = task_sums["sample_size"]
         # DDP averaged over ranks: x world / n turns the summed-loss gradient into a per-sample mean.
         scale_grads_(self.params, self.dist.world_size / (n * loss_scale))
         gnorm = grad_norm(self.params, self.cfg.optim.clip_norm)  # all-reduced grads: agrees on all ranks
@@ -206,50 +193,35 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
         elif nonfinite:
-            self._skip_nonfinite(micro_batches, loss_sum=loss_sum, gnorm=gnorm)
+            self.optimizer.zero_grad(set_to_none=True)
+            files = [self.train_dataset.describe(int(i)) for _, _, batch in micro_batches for i in batch["id"]]
+            self.nonfinite.skipped(self.num_updates + 1, loss_sum=loss_sum, grad_norm=gnorm, files=files)
             return None
-        self._consecutive_nonfinite = 0
+        self.nonfinite.in_a_row = 0
         lr = lr_at(self.num_updates, self.cfg.optim)
         set_lr(self.optimizer, lr)
-        metrics = self.task.metrics(totals, num_updates=self.num_updates)
+        metrics = self.task.metrics(task_sums, num_updates=self.num_updates)
+        refuse_reserved(self.task, metrics, "metric")
         self.optimizer.step()
         self.num_updates += 1
-        metrics.update(utterances=totals["utterances"], lr=lr, grad_norm=gnorm,
-                       audio_sec=totals["audio_samples"] / self.cfg.data.sample_rate)
+        self.update_audio_sec = loop_sums["audio_samples"] / self.cfg.data.sample_rate
+        metrics.update(utterances=loop_sums["utterances"], lr=lr, grad_norm=gnorm)
         if self.scaler is not None:
             metrics["loss_scale"] = loss_scale
         return metrics
-
-    def _skip_nonfinite(self, micro_batches: list[tuple[int, int, dict[str, Any]]], *, loss_sum: float,
-                        gnorm: float) -> None:
-        """Drop an update whose loss or gradient norm is inf/nan; stop the run after more
-        than `train.max_consecutive_nonfinite` in a row. Every rank gets here together
-        (both numbers are all-reduced), and each names its own share of the batch."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self.num_nonfinite_skips += 1
-        self._consecutive_nonfinite += 1
-        u = self.num_updates + 1
-        files = [self.train_dataset.describe(int(i)) for _, _, batch in micro_batches for i in batch["id"]]
-        log.warning("non-finite %s at update %d (loss sum %g, grad norm %g): update skipped (%d in a row, %d "
-                    "in this run); rank %d's batch: %s", "loss" if not math.isfinite(loss_sum) else "gradient norm",
-                    u, loss_sum, gnorm, self._consecutive_nonfinite, self.num_nonfinite_skips, self.dist.rank,
-                    "; ".join(files))
-        limit = self.cfg.train.max_consecutive_nonfinite
-        if self._consecutive_nonfinite > limit:
-            raise too_many_nonfinite(self._consecutive_nonfinite, update=u, limit=limit, run_dir=self.run_dir)
 
     # ---------------------------------------------------------------- validation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
         """Validation metrics in eval mode, over the whole valid set of every rank.
 
-        The model's generator is reseeded per batch, so every validation of a run sees the
+        The task's generator is reseeded per batch, so every validation of a run sees the
         same random draws (pretraining's masks) and the curves compare like with like.
         """
         if self.valid_loader is None:
             return None
         self.model.eval()
-        sums = _Sums(self.device)
+        sums = Sums(self.task, self.device)
         self.valid_sampler.set_epoch(1)
         for i, batch in enumerate(self.valid_loader):
             if self.cfg.train.max_valid_batches and i >= self.cfg.train.max_valid_batches:
@@ -257,16 +229,17 @@ class Trainer:
             position = self.dist.rank + i * self.dist.world_size
             self.generator.manual_seed(batch_seed(self.cfg.seed, 0, position, stream=STREAM_VALID))
             self.bad_file_log.take(batch, update=self.num_updates + 1)
-            counts = self._batch_counts(batch)
+            counts = batch_counts(batch)
             with self._autocast():
                 out = self.task.valid_step(self.model, self._to_device(batch), num_updates=self.num_updates,
                                            generator=self.generator)
             sums.add(out.sums, sample_size=out.sample_size, **counts)
-        totals = sums.all_reduce(uneven=True)
-        if totals.get("sample_size", 0) == 0:
+        task_sums, loop_sums = sums.all_reduce(uneven=True)
+        if task_sums.get("sample_size", 0) == 0:
             return None
-        metrics = self.task.valid_metrics(totals, num_updates=self.num_updates)
-        metrics["utterances"] = totals["utterances"]
+        metrics = self.task.valid_metrics(task_sums, num_updates=self.num_updates)
+        refuse_reserved(self.task, metrics, "metric")
+        metrics["utterances"] = loop_sums["utterances"]
         return metrics
 
     # ---------------------------------------------------------------- the loop
@@ -283,27 +256,20 @@ class Trainer:
         if self.num_updates >= end:
             log.info("run already at update %d of %d: nothing to do", self.num_updates, end)
             return None
-        previous_handlers = self._install_signal_handlers()
         try:
-            return self._loop(end)
+            with StopRequests(time_limit_minutes=cfg.train.time_limit_minutes, device=self.device) as stop:
+                return self._loop(end, stop)
         finally:
-            for sig, handler in previous_handlers.items():
-                signal.signal(sig, handler)
             if self.metrics is not None:
                 self.metrics.close()
-            if getattr(self, "_log_file", None) is not None:
-                logging.getLogger("wav2vec2").removeHandler(self._log_file)
-                self._log_file.close()
-                self._log_file = None
+            stop_log_to_file(getattr(self, "_log_file", None))
+            self._log_file = None
 
-    def _loop(self, end: int) -> dict[str, float] | None:
+    def _loop(self, end: int, stop_requests: StopRequests) -> dict[str, float] | None:
         cfg = self.cfg
-        t_start = time.monotonic()
         averager = Averager(weights=self.task.interval_weights)
         valid: dict[str, float] | None = None
-        validated_at = -1
         micro_epoch = self.stream.epoch
-        new_best = False
         while self.num_updates < end:
             t0 = time.monotonic()
             micro = [self.stream.next() for _ in range(cfg.optim.update_freq)]
@@ -312,64 +278,53 @@ class Trainer:
             if metrics is None:
                 continue
             metrics["data_wait_sec"] = data_wait
-            metrics["audio_sec_per_sec"] = metrics.pop("audio_sec") / (time.monotonic() - t0)
+            metrics["audio_sec_per_sec"] = self.update_audio_sec / (time.monotonic() - t0)
             averager.add(metrics)
             u = self.num_updates
-            if u % cfg.logging.log_every == 0 or u == end:
+            last = u == end  # always logged, validated and checkpointed
+            if u % cfg.logging.log_every == 0 or last:
                 self._log("train", {**averager.mean(), **self._run_counts()})
                 averager.reset()
             new_epoch = micro[-1][0] > micro_epoch
             micro_epoch = micro[-1][0]
             due = (cfg.train.validate_every and u % cfg.train.validate_every == 0) or (
                 cfg.train.validate_every_epoch and new_epoch)
-            if due and u >= cfg.train.validate_after_updates:
-                valid, validated_at = self._validate(), u
-                new_best = self._is_best(valid)
-            else:
-                new_best = False
-            stop = self._should_stop(t_start)
+            new_best = False
+            if last or (due and u >= cfg.train.validate_after_updates):
+                valid, new_best = self._validate()
+            stop = stop_requests.reason()
             snapshot = u % cfg.checkpoint.save_every == 0
             refresh = cfg.checkpoint.save_last_every and u % cfg.checkpoint.save_last_every == 0
-            if (snapshot or refresh or stop or new_best) and u < end:
+            if snapshot or refresh or stop or new_best or last:
                 self.save(snapshot=snapshot, best=new_best)
-            if stop and u < end:
+            if stop and not last:
                 self.stop_reason = stop
                 log.info("stopped at update %d with a checkpoint; rerun the same command to resume", u)
                 break
-        if self.num_updates == end:
-            if validated_at != self.num_updates:
-                valid = self._validate()
-                new_best = self._is_best(valid)
-            snapshot = self.num_updates % cfg.checkpoint.save_every == 0
-            self.save(snapshot=snapshot, best=new_best)
-            if self.metrics is not None and self.metrics.history:
-                lines, _ = self.task.verdict(self.metrics.history)
-                log.info("summary of %s\n%s", self.run_dir, "\n".join(lines))
+        if self.num_updates == end and self.metrics is not None and self.metrics.history:
+            lines, _ = summary(self.run_dir, self.task, self.metrics.history)
+            log.info("summary of %s\n%s", self.run_dir, "\n".join(lines))
         return valid
 
     def _run_counts(self) -> dict[str, int]:
         """Run totals that join the train rows once they are non-zero (rows of a clean run
         stay as they were): skipped non-finite updates and replaced bad files."""
-        counts = {"nonfinite_skips": self.num_nonfinite_skips, "bad_files": self.num_bad_files}
+        counts = {"nonfinite_skips": self.nonfinite.total, "bad_files": self.num_bad_files}
         return {k: v for k, v in counts.items() if v}
 
-    def _validate(self) -> dict[str, float] | None:
+    def _validate(self) -> tuple[dict[str, float] | None, bool]:
+        """Validate and log; the metrics (None without a valid set) and whether they are the
+        best so far by the task's `best_metric` (then `best_valid` is theirs)."""
         valid = self.evaluate()
-        if valid is not None:
-            key = self.task.best_metric
-            pick = max if self.task.higher_is_better else min
-            valid[f"best_{key}"] = pick(self.best_valid, valid[key])
-            self._log("valid", valid)
-        return valid
-
-    def _is_best(self, valid: dict[str, float] | None) -> bool:
         if valid is None:
-            return False
+            return None, False
         value = valid[self.task.best_metric]
         better = value > self.best_valid if self.task.higher_is_better else value < self.best_valid
         if better:
             self.best_valid = value
-        return better
+        valid[f"best_{self.task.best_metric}"] = self.best_valid
+        self._log("valid", valid)
+        return valid, better
 
     def _log(self, split: str, metrics: dict[str, float]) -> None:
         if self.metrics is None:
@@ -378,51 +333,19 @@ class Trainer:
         for warning in self.task.health(self.metrics.history):
             log.warning("[%s %d] %s", split, self.num_updates, warning)
 
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        """SIGTERM / SIGUSR1 (SLURM preemption) and Ctrl-C ask for a checkpoint at the next
-        update; a second Ctrl-C stops at once (the last checkpoint stays)."""
-        def request_stop(signum: int, frame: Any) -> None:
-            if signum == signal.SIGINT:
-                if self._stop_requested:
-                    raise KeyboardInterrupt
-                log.warning("Ctrl-C: stopping with a checkpoint after this update (Ctrl-C again to quit now)")
-                self._interrupted = True
-            else:
-                log.warning("%s: stopping with a checkpoint after this update", signal.Signals(signum).name)
-            self._stop_requested = True
-
-        previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR1", None)):
-            if sig is not None:
-                with contextlib.suppress(ValueError):  # not the main thread
-                    previous[sig] = signal.signal(sig, request_stop)
-        return previous
-
-    def _should_stop(self, t_start: float) -> str | None:
-        """None to go on, else the `stop_reason`: "interrupted" (Ctrl-C on any rank) or
-        "preempted" (SIGTERM / SIGUSR1 or the time limit)."""
-        limit = self.cfg.train.time_limit_minutes
-        stop = self._stop_requested or (limit > 0 and time.monotonic() - t_start > 60 * limit)
-        # One rank's signal must stop them all at the same update, for the same reason.
-        flags = dist_utils.all_reduce_sum(torch.tensor([float(stop), float(self._interrupted)], device=self.device))
-        stop_any, interrupted_any = flags.tolist()
-        if not stop_any:
-            return None
-        return "interrupted" if interrupted_any else "preempted"
-
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: collective (all ranks must call it)."""
         rng_states = dist_utils.all_gather_object(rng.rng_state())
         return {
-            "version": CHECKPOINT_VERSION,
+            "version": resume.CHECKPOINT_VERSION,
             "task": self.task.name,
             "task_state": self.task.state_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "loss_scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "num_updates": self.num_updates,
-            "nonfinite_skips": self.num_nonfinite_skips,
+            "nonfinite_skips": self.nonfinite.total,
             "bad_files": self.num_bad_files,
             "best_valid_metric": {"name": self.task.best_metric, "value": self.best_valid},
             "data": self.stream.state_dict(),
@@ -432,61 +355,40 @@ class Trainer:
         }
 
     def save(self, *, snapshot: bool, best: bool) -> None:
-        """Write the checkpoint files (rank 0). A write that fails (disk full, permissions)
-        stops the run on every rank with CheckpointWriteError: the files already there stay
-        intact, and a run that cannot checkpoint must not train on for days at risk."""
-        state = self.state_dict()
-        failure: ckpt.CheckpointWriteError | None = None
-        if self.dist.is_main:
-            try:
-                ckpt.save(self.run_dir, state, snapshot=snapshot, best=best, keep_last=self.cfg.checkpoint.keep_last)
-            except ckpt.CheckpointWriteError as err:
-                log.error("%s", err)
-                failure = err
-        # Also the barrier: every rank learns whether rank 0's write worked.
-        failed = dist_utils.all_reduce_sum(torch.tensor([float(failure is not None)], device=self.device))
-        if failure is not None:
-            raise failure
-        if failed.item() > 0:
-            raise ckpt.CheckpointWriteError(f"rank 0 could not write a checkpoint to {self.run_dir} (its log says why)")
+        """Write `checkpoint_last` (and a snapshot, `checkpoint_best`): a collective, every
+        rank raises CheckpointWriteError if rank 0 could not write (`checkpoint.save_from_rank0`)."""
+        ckpt.save_from_rank0(self.run_dir, self.state_dict(), is_main=self.dist.is_main, device=self.device,
+                             snapshot=snapshot, best=best, keep_last=self.cfg.checkpoint.keep_last)
 
     def _restore(self) -> None:
-        """Resume from `run_dir` if it holds a checkpoint, else start from
-        `checkpoint.continue_from` with its resets, else start fresh."""
-        found = ckpt.load_latest(self.run_dir)
-        c = self.cfg.checkpoint
-        if found is not None:
-            path, state = found
-            resets = dict(optimizer=False, schedule=False, dataloader=False, rng=False)
-        elif c.continue_from:
-            path = Path(c.continue_from)
-            state = load_checkpoint(path)
-            resets = dict(optimizer=c.reset_optimizer, schedule=c.reset_schedule,
-                          dataloader=c.reset_dataloader, rng=True)
-        else:
-            return
-        saved_task = state.get("task", "pretrain")  # version 1 checkpoints are pretraining ones
-        if saved_task != self.task.name:
-            raise ValueError(f"{path} is a checkpoint of the {saved_task!r} task, this run is {self.task.name!r}")
-        self._check_config(state, path)
-        self._check_architecture(state, path)
+        """Resume or continue from a checkpoint (`resume.find_start`), if there is one."""
+        start = resume.find_start(self.run_dir, self.cfg.checkpoint)
+        if start is not None:
+            resume.check_fits(start, task=self.task.name, model=self.cfg.model)
+            self.load_state_dict(start.state, start.resets)
+            log.info("restored %s at update %d (resets: %s)", start.path, self.num_updates,
+                     start.resets.names() or "none")
+
+    def load_state_dict(self, state: dict[str, Any], resets: resume.Resets) -> None:
+        """Restore what `state_dict` saved, but for what `resets` says to leave as it is."""
         self.model.load_state_dict(state["model"])
         self.task.load_state_dict(state.get("task_state", {}))
-        if not resets["optimizer"]:
+        if not resets.optimizer:
             self.optimizer.load_state_dict(state["optimizer"])
             if self.scaler is not None and state.get("loss_scaler"):
                 self.scaler.load_state_dict(state["loss_scaler"])
-        if not resets["schedule"]:
+        if not resets.schedule:
             self.num_updates = int(state["num_updates"])
-            self.num_nonfinite_skips = int(state.get("nonfinite_skips", 0))
+            self.nonfinite.total = int(state.get("nonfinite_skips", 0))
             self.num_bad_files = int(state.get("bad_files", 0))
-        if not resets["dataloader"]:
+        if not resets.dataloader:
             try:
                 self.stream.load_state_dict(state["data"])
             except ValueError as err:  # other world size or batching: position is meaningless
                 log.warning("cannot restore the data position (%s); starting the next epoch", err)
                 self.stream.epoch, self.stream.consumed = state["data"]["epoch"] + 1, 0
-        if not resets["rng"]:
+        if not resets.rng:
+            # version 1: "best_valid_loss"
             best = state.get("best_valid_metric", {"name": "loss", "value": state.get("best_valid_loss")})
             if best["name"] == self.task.best_metric and best["value"] is not None:
                 self.best_valid = float(best["value"])
@@ -495,85 +397,3 @@ class Trainer:
             else:
                 log.warning("checkpoint from %s ranks, now %s: RNG streams restart", state.get("world_size"),
                             self.dist.world_size)
-        log.info("restored %s at update %d (resets: %s)", path, self.num_updates,
-                 [k for k, v in resets.items() if v] or "none")
-
-    @staticmethod
-    def _check_config(state: dict[str, Any], path: Path) -> None:
-        """A checkpoint's config must fit today's schema (no unknown key, every value of its
-        field's type) before anything of it is used: raise naming the key. Version 1 files
-        predate the current names and are only checked on their architecture."""
-        if state.get("version", 1) < 2 or "config" not in state:
-            return
-        from omegaconf.errors import OmegaConfBaseException
-
-        from wav2vec2.tasks import config_from_dict
-
-        try:
-            config_from_dict(state["config"])
-        except (OmegaConfBaseException, ValueError) as err:
-            key = getattr(err, "full_key", None)
-            what = f"{key}: {str(err).splitlines()[0]}" if key else str(err).splitlines()[0]
-            raise ValueError(f"{path}: its config does not fit this version's schema ({what}); it was written "
-                             "by another version of wav2vec2 or edited by hand") from None
-
-    def _check_architecture(self, state: dict[str, Any], path: Path) -> None:
-        """A different architecture cannot load: raise naming the keys. Other model
-        settings (dropout, masking...) may change when continuing: warn."""
-        saved = state.get("config", {}).get("model")
-        if saved is None:
-            return
-        bad = architecture_differences(saved, self.cfg.model)
-        if bad:
-            raise ValueError(f"{path} was trained with a different model architecture: "
-                             f"model.{', model.'.join(bad)} differ")
-        current = dataclasses.asdict(self.cfg.model)
-        others = [k for k, v in _flatten(current).items() if _flatten(saved).get(k, v) != v]
-        if others:
-            log.warning("model settings differ from %s: %s", path, ", ".join(others))
-
-
-class _Sums:
-    """Named metric sums of one update (or one validation), added over micro-batches in
-    float64 on the device and all-reduced over ranks in a single call."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.keys: list[str] | None = None
-        self.total: torch.Tensor | None = None
-
-    def add(self, sums: dict[str, Any], **extra: Any) -> None:
-        named = {**sums, **extra}
-        keys = sorted(named)
-        if self.keys is None:
-            self.keys = keys
-        elif keys != self.keys:
-            raise ValueError(f"a task's sums must have the same keys every time: {keys} vs {self.keys}")
-        part = torch.stack([torch.as_tensor(named[k], dtype=torch.float64, device=self.device) for k in keys])
-        self.total = part if self.total is None else self.total + part
-
-    def all_reduce(self, *, uneven: bool = False) -> dict[str, float]:
-        """The sums over every rank as Python floats (the update's one host sync of them).
-        With `uneven` (validation), a rank that had no batch contributes zeros."""
-        keys = dist_utils.broadcast_object(self.keys) if uneven else self.keys
-        if keys is None:
-            return {}
-        total = self.total if self.total is not None else torch.zeros(len(keys), dtype=torch.float64,
-                                                                      device=self.device)
-        return dict(zip(keys, dist_utils.all_reduce_sum(total).tolist()))
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def _write_config(cfg: TrainConfig, path: Path) -> None:
-    from omegaconf import OmegaConf
-
-    atomic_write(path, OmegaConf.to_yaml(OmegaConf.structured(cfg)).encode())
