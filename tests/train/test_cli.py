@@ -41,6 +41,9 @@ def test_no_arguments_prints_the_usage_not_a_traceback(tmp_path: Path) -> None:
     (["+model.transformer.num_layerz=3"], "did you mean model.transformer.num_layers?"),
     (["model=huge"], "model=huge: no such model; choose one of base, demo, large, tiny"),
     (["task.freeze_finetune_update=3"], "did you mean task.freeze_finetune_updates?"),
+    (["--config-name", "ctc_dmeo"], "--config-name ctc_dmeo: no such preset; did you mean ctc_demo?"),
+    (["--config-name=demmo", "optim.lr=1"], "--config-name demmo: no such preset; did you mean demo?"),
+    (["-cn", "nothing_like_it"], "--config-name nothing_like_it: no such preset; (presets: base_librispeech,"),
 ])
 def test_unknown_keys_get_a_suggestion(args: list[str], message: str) -> None:
     assert message in check_overrides(args)

@@ -38,7 +38,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from wav2vec2.config import PRESETS, TrainConfig
-from wav2vec2.tasks import TASKS, config_from_dict
+from wav2vec2.tasks import TASKS, build_task, config_from_dict
+from wav2vec2.train.checkpoint import CheckpointWriteError
+from wav2vec2.train.distributed import CollectiveTimeoutError
+from wav2vec2.train.trainer import Trainer
 
 # The repository's configs/ (an editable or source install); `--config-dir` adds another.
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
@@ -125,6 +128,9 @@ def check_overrides(args: list[str]) -> str | None:
     """An error message for the first `key=value` argument whose key is not a config field
     (with the closest real one), or whose preset name does not exist; None if all are fine."""
     keys = _known_keys()
+    problem = _check_preset(args)
+    if problem:
+        return problem
     for arg in args:
         if arg.startswith("-") or "=" not in arg:
             continue
@@ -145,6 +151,25 @@ def check_overrides(args: list[str]) -> str | None:
     return None
 
 
+def _check_preset(args: list[str]) -> str | None:
+    """An error message if `--config-name NAME` (or `-cn NAME`, `--config-name=NAME`) names no
+    preset of configs/ (unless `--config-dir` adds another directory), with the closest one."""
+    if any(a == "--config-dir" or a.startswith(("--config-dir=", "-cd")) for a in args):
+        return None
+    name = None
+    for i, arg in enumerate(args):
+        if arg in ("--config-name", "-cn") and i + 1 < len(args):
+            name = args[i + 1]
+        elif arg.startswith("--config-name="):
+            name = arg.split("=", 1)[1]
+    names = sorted(presets())
+    if name is None or name.removesuffix(".yaml") in names:
+        return None
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"--config-name {name}: no such preset; {hint}(presets: {', '.join(names)}; see --help)"
+
+
 def _fail(message: str, code: int = 1) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
@@ -156,11 +181,6 @@ register_configs()
 
 @hydra.main(config_path=CONFIG_DIR, config_name="tiny", version_base="1.3")
 def _train(cfg: DictConfig) -> None:
-    from wav2vec2.tasks import build_task  # the loop and models load late: --help stays fast
-    from wav2vec2.train.checkpoint import CheckpointWriteError
-    from wav2vec2.train.distributed import CollectiveTimeoutError
-    from wav2vec2.train.trainer import Trainer
-
     try:
         train_cfg = to_train_config(cfg)
         trainer = Trainer(train_cfg, build_task(train_cfg))
