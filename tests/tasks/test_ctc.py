@@ -137,6 +137,18 @@ def test_cropping_is_refused(make_ctc_cfg) -> None:
         build_task(make_ctc_cfg("data.max_sample_size=16000"))
 
 
+def test_errors_on_the_way_to_fine_tuning_name_the_file_and_lead_forward(make_ctc_cfg, labelled_corpus: Path) -> None:
+    """A file longer than a batch may hold is named with its manifest line and the value that
+    fits; a missing subset lists the manifests the directory has."""
+    with pytest.raises(ValueError, match=r"\.flac \(.*train\.tsv:\d+\) has \d+ samples .* more than a batch may "
+                                         r"hold \(data\.max_tokens=8000, 0\.5 s\); \d+ file\(s\) .*Raise "
+                                         r"data\.max_tokens to at least \d+"):
+        make_trainer(make_ctc_cfg("data.max_tokens=8000"))
+    with pytest.raises(FileNotFoundError, match=rf"no manifest {labelled_corpus}/dev\.tsv .*: {labelled_corpus} has "
+                                                r"train, valid \(data\.train_subset / data\.valid_subset name them\)"):
+        make_trainer(make_ctc_cfg("data.valid_subset=dev"))
+
+
 def test_missing_dictionary_is_named(make_ctc_cfg, tmp_path: Path) -> None:
     task = build_task(make_ctc_cfg(f"task.dictionary={tmp_path / 'nowhere' / 'dict.ltr.txt'}"))
     with pytest.raises(FileNotFoundError, match="nowhere/dict.ltr.txt"):

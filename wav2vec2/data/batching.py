@@ -9,7 +9,7 @@ Per epoch (fairseq `FileAudioDataset.ordered_indices` + `EpochBatchIterator`):
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -84,6 +84,23 @@ def batch_by_size(
     return batches
 
 
+def check_fits_budget(sizes: np.ndarray, max_tokens: int | None, describe: Callable[[int], str], *,
+                      sample_rate: int) -> None:
+    """Raise ValueError, naming the longest file and how many are too long, if any item has
+    more samples than a batch may hold (`data.max_tokens`): `batch_by_size` could not place it.
+    `describe(i)` names item i (`RawAudioDataset.describe`: its path and manifest line)."""
+    if max_tokens is None or not len(sizes):
+        return
+    over = np.flatnonzero(sizes > max_tokens)
+    if len(over):
+        i = int(over[np.argmax(sizes[over])])
+        raise ValueError(
+            f"{describe(i)} has {int(sizes[i])} samples ({sizes[i] / sample_rate:.1f} s), more than a batch may "
+            f"hold (data.max_tokens={max_tokens}, {max_tokens / sample_rate:.1f} s); {len(over)} file(s) of its "
+            f"manifest are too long. Raise data.max_tokens to at least {int(sizes[i])}, or leave them out of the "
+            "manifest")
+
+
 class TokenBudgetBatchSampler(torch.utils.data.Sampler):
     """Batches of dataset indices under a budget of samples per batch, per rank.
 
@@ -126,7 +143,11 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
         rank: int = 0,
         shuffle: bool = True,
         drop_last: bool = True,
+        describe: Callable[[int], str] | None = None,
+        sample_rate: int = 16000,
     ) -> None:
+        """`describe(i)` names item i in errors (a dataset's `describe`: its file and
+        manifest line); `sample_rate` turns sample counts into seconds there."""
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got {rank}")
         self.sizes = np.asarray(sizes, dtype=np.int64)
@@ -142,6 +163,7 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
         self.num_batches_consumed = 0
         self._resume_at = 0
         self._cache: tuple[int, list[np.ndarray]] | None = None
+        check_fits_budget(self.sizes, max_tokens, describe or (lambda i: f"item {i}"), sample_rate=sample_rate)
         self.epoch_batches(self.epoch)  # fail fast on bad settings
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:

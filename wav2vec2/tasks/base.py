@@ -140,11 +140,14 @@ class Task:
 
     def manifest(self, subset: str) -> Path:
         """`{data.manifest_dir}/{subset}.tsv`, or an error that says how to make one."""
-        path = Path(self.cfg.data.manifest_dir) / f"{subset}.tsv"
+        directory = Path(self.cfg.data.manifest_dir)
+        path = directory / f"{subset}.tsv"
         if not path.is_file():
-            raise FileNotFoundError(
-                f"no manifest {path} (data.manifest_dir={self.cfg.data.manifest_dir}, subset {subset!r}); "
-                "write one with `wav2vec2-manifest AUDIO_DIR --dest DIR`, or scripts/prepare_asterisk.py")
+            found = sorted(p.stem for p in directory.glob("*.tsv")) if directory.is_dir() else []
+            there = (f"{directory} has {', '.join(found)} (data.train_subset / data.valid_subset name them)"
+                     if found else "write one with `wav2vec2-manifest AUDIO_DIR --dest DIR`, or "
+                                   "scripts/prepare_asterisk.py (--finetune-splits for labelled splits)")
+            raise FileNotFoundError(f"no manifest {path} (data.manifest_dir={directory}, subset {subset!r}): {there}")
         return path
 
     def has_unused_parameters(self) -> bool:

@@ -117,11 +117,12 @@ class Trainer:
                  self.precision, self.device)
 
     # ---------------------------------------------------------------- building blocks
-    def _sampler(self, sizes: Any, *, train: bool) -> TokenBudgetBatchSampler:
+    def _sampler(self, dataset: Any, *, train: bool) -> TokenBudgetBatchSampler:
         d = self.cfg.data
         # Validation: uneven ranks are fine, evaluation runs the unwrapped model, no collectives.
         return TokenBudgetBatchSampler(
-            sizes, max_tokens=d.max_tokens, max_sentences=d.max_sentences,
+            dataset.sizes, max_tokens=d.max_tokens, describe=dataset.describe, sample_rate=d.sample_rate,
+            max_sentences=d.max_sentences,
             required_batch_size_multiple=d.required_batch_size_multiple, seed=self.cfg.seed,
             num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=train, drop_last=train,
         )
@@ -129,7 +130,7 @@ class Trainer:
     def _build_train_stream(self) -> BatchStream:
         dataset = self.task.build_dataset(self.cfg.data.train_subset)
         self.train_dataset = dataset  # for messages naming a batch's files
-        return BatchStream(dataset, self._sampler(dataset.sizes, train=True), seed=self.cfg.seed,
+        return BatchStream(dataset, self._sampler(dataset, train=True), seed=self.cfg.seed,
                            num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
                            timeout=60 * self.cfg.distributed.timeout_minutes)  # a hung worker, as a hung peer
 
@@ -137,7 +138,7 @@ class Trainer:
         if not self.cfg.data.valid_subset:
             return None
         dataset = self.task.build_dataset(self.cfg.data.valid_subset)
-        self.valid_sampler = self._sampler(dataset.sizes, train=False)
+        self.valid_sampler = self._sampler(dataset, train=False)
         return build_dataloader(dataset, self.valid_sampler, seed=self.cfg.seed, num_workers=0)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
