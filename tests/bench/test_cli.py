@@ -31,6 +31,7 @@ def test_each_section_has_help_and_parses_the_documented_flags(section, capsys) 
     if section == "data":
         args = build_parser().parse_args(["data", "--seconds", "900", "--workers", "0", "1", "--json", "r.json"])
         assert (args.seconds, args.workers, args.json) == (900.0, [0, 1], "r.json")
+        assert args.func.__name__ == "bench_data"
         return
     # The flags docs/performance.md and README.md show, on every model section (`all` passes them on).
     args = build_parser().parse_args([section, "--full", "--precision", "fp32", "--rounds", "3", "--reps", "1",
@@ -39,6 +40,7 @@ def test_each_section_has_help_and_parses_the_documented_flags(section, capsys) 
     assert (args.full, args.precision, args.rounds, args.reps, args.fairseq_python) == \
         (True, ["fp32"], 3, 1, "/x/python")
     assert (args.scale_peers, args.profile_seconds, args.top, args.json) == (["eager"], 15.6, 15, "r.json")
+    assert args.func.__name__ == f"bench_{'train' if section == 'model' else section}"  # "model": train's old name
 
 
 def test_internal_commands_still_dispatch(capsys) -> None:
