@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -90,13 +89,3 @@ def make_ctc_cfg(labelled_corpus: Path, tmp_path: Path):
 @pytest.fixture
 def train_script():
     return run_train_script
-
-
-@pytest.fixture
-def bench():
-    """scripts/bench.py as a fresh module (it is a script, not part of the package)."""
-    path = REPO / "scripts" / "bench.py"
-    spec = importlib.util.spec_from_file_location("bench_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

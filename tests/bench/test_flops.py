@@ -1,4 +1,4 @@
-"""The benchmark's analytical FLOP count (`scripts/bench.py: model_flops`) against torch's
+"""The benchmark's analytical FLOP count (`wav2vec2.bench.common.model_flops`) against torch's
 FlopCounterMode, per component, on one forward of BASE's widths with 2 of its 12 layers
 (2 x 0.75 s).
 
@@ -17,6 +17,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from wav2vec2.bench.common import conv_block_steps, model_flops, train_flops
 from wav2vec2.config import base
 from wav2vec2.model.losses import pretraining_loss
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
@@ -59,9 +60,9 @@ def measured():
     return cfg, int(out.time_mask[0].sum()), forward, total
 
 
-def test_forward_flops_match_the_counter_per_component(bench, measured):
+def test_forward_flops_match_the_counter_per_component(measured):
     cfg, M, counted, _ = measured
-    ours = bench.model_flops(cfg, 2, SAMPLES, M)
+    ours = model_flops(cfg, 2, SAMPLES, M)
     analytic = {
         "cnn": ours["cnn"], "pos_conv": ours["pos_conv"],
         "attention": ours["attention_proj"] + ours["attention_scores"], "ffn": ours["ffn"],
@@ -72,9 +73,9 @@ def test_forward_flops_match_the_counter_per_component(bench, measured):
         assert value == pytest.approx(counted[name], rel=1e-3), name
 
 
-def test_update_is_three_forwards_but_for_the_positional_conv(bench, measured):
+def test_update_is_three_forwards_but_for_the_positional_conv(measured):
     cfg, M, _, total = measured
-    ours = bench.model_flops(cfg, 2, SAMPLES, M)
+    ours = model_flops(cfg, 2, SAMPLES, M)
     pos_conv = total["Wav2Vec2Model.encoder.pos_conv"]  # forward + backward
     assert pos_conv > 3 * ours["pos_conv"]  # the counter's over-count this test leaves out
     forward_wo_pos = sum(v for k, v in ours.items() if k not in ("pos_conv", "logits"))
@@ -84,8 +85,17 @@ def test_update_is_three_forwards_but_for_the_positional_conv(bench, measured):
     assert total["Global"] - pos_conv == pytest.approx(3 * forward_wo_pos - first_conv, rel=1e-3)
 
 
-def test_train_flops_per_audio_second_at_4s(bench):
+def test_conv_block_steps_end_at_the_models_frame_count():
+    """The per-block steps the CNN count uses: one per block, shrinking, the last = T."""
+    fe = base().feature_encoder
+    steps = conv_block_steps(fe, SAMPLES)
+    assert len(steps) == len(fe.conv_kernels)
+    assert steps == sorted(steps, reverse=True) and steps[0] == (SAMPLES - 10) // 5 + 1
+    assert steps[-1] == fe.num_frames(SAMPLES) == 37
+
+
+def test_train_flops_per_audio_second_at_4s():
     """The issue's figure: ~43 GFLOP per audio-second for a BASE update at 4 s."""
     cfg = base()
-    per_audio_s = bench.train_flops(cfg, 2, 64_000, 98) / 8.0
+    per_audio_s = train_flops(cfg, 2, 64_000, 98) / 8.0
     assert 40e9 < per_audio_s < 46e9

@@ -1,0 +1,107 @@
+"""The benchmark's command line (`scripts/bench.py`, `python -m wav2vec2.bench`): one
+subcommand per section, its flags, and `--json PATH` to write every result row at the end.
+
+Two internal commands are dispatched before argparse, so `--help` does not list them (users
+took them for sections): `_memory_child` (one `memory` row in a fresh process) and
+`_fairseq_worker` (the fairseq worker; the benchmark itself runs `fairseq_worker.py` by path,
+since the fairseq interpreter may lack this package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import wav2vec2.bench
+from wav2vec2.bench import fairseq_worker
+from wav2vec2.bench.common import ROWS, write_rows
+from wav2vec2.bench.ctc import bench_ctc
+from wav2vec2.bench.data import bench_data
+from wav2vec2.bench.mask import bench_mask
+from wav2vec2.bench.memory import bench_memory, child_main
+from wav2vec2.bench.profiling import bench_profile
+from wav2vec2.bench.scaling import bench_scaling
+from wav2vec2.bench.train import bench_train
+
+INTERNAL_COMMANDS = {"_memory_child": child_main, "_fairseq_worker": fairseq_worker.main}
+
+
+def bench_all(args: argparse.Namespace) -> None:
+    """train, mask, memory and scaling in one run (one GEMM peak for all)."""
+    for fn in (bench_train, bench_mask, bench_memory, bench_scaling):
+        fn(args)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for every impl")
+    p.add_argument("--json", default=None, help="also write the result rows to this file")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    """Every model section takes every section's flags, so `all` can pass them on."""
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="full", action="store_false", help="2 x 4 s only (default)")
+    size.add_argument("--full", dest="full", action="store_true",
+                      help="also 4 x 15.6 s in train (~11 GB, ~40 s an update) and 30 s in scaling")
+    p.set_defaults(full=False)
+    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--reps", type=int, default=2, help="timed updates per impl per round")
+    p.add_argument("--fairseq-python", default=os.environ.get("FAIRSEQ_PYTHON"),
+                   help="an interpreter whose environment imports fairseq (default: this one)")
+    p.add_argument("--mask-reps", type=int, default=40)
+    p.add_argument("--mem-batch", type=int, default=2)
+    p.add_argument("--mem-seconds", type=float, default=4.0)
+    p.add_argument("--scale-batch", type=int, default=2)
+    p.add_argument("--scale-reps", type=int, default=3)
+    p.add_argument("--scale-precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    p.add_argument("--scale-peers", nargs="*", default=[], choices=["eager", "sdpa"],
+                   help="transformers attention modes to time beside ours")
+    p.add_argument("--profile-precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--profile-batch", type=int, default=2)
+    p.add_argument("--profile-seconds", type=float, default=4.0)
+    p.add_argument("--top", type=int, default=20)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=wav2vec2.bench.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn, help_ in (
+        ("train", bench_train, "one BASE update: ours vs transformers vs fairseq, fp32 and bf16"),
+        ("mask", bench_mask, "span mask + negatives vs transformers' NumPy path"),
+        ("memory", bench_memory, "peak memory of one BASE update, with and without checkpointing"),
+        ("scaling", bench_scaling, "throughput against utterance length"),
+        ("profile", bench_profile, "top ops of one BASE update and host syncs in the forward"),
+        ("ctc", bench_ctc, "a CTC fine-tuning update and batched greedy transcription vs transformers"),
+        ("all", bench_all, "train, mask, memory and scaling"),
+    ):
+        # "model" was this section's name before it timed a whole update.
+        p = sub.add_parser(name, help=help_, aliases=["model"] if name == "train" else [])
+        _add_common(p)
+        _add_model_args(p)
+        p.set_defaults(func=fn)
+
+    data = sub.add_parser("data", help="data loader throughput vs a plain soundfile loop")
+    data.add_argument("--seconds", type=float, default=1800.0, help="audio per format to generate")
+    data.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    data.add_argument("--max-tokens", type=int, default=1_400_000, help="BASE recipe budget")
+    data.add_argument("--max-sample-size", type=int, default=250_000, help="BASE recipe crop")
+    data.add_argument("--corpus-dir", default=None, help="keep the generated corpus here")
+    data.add_argument("--json", default=None, help="also write results to this file")
+    data.set_defaults(func=bench_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in INTERNAL_COMMANDS:
+        INTERNAL_COMMANDS[argv[0]](argv[1:])
+        return
+    args = build_parser().parse_args(argv)
+    ROWS.clear()
+    args.func(args)
+    if args.json:
+        write_rows(args.json, getattr(args, "env_line", None))
