@@ -12,6 +12,7 @@ from wav2vec2.config.model import (
     ModelConfig,
     QuantizerConfig,
     TransformerConfig,
+    UpstreamConfig,
     arch,
     architecture,
     architecture_differences,
@@ -40,7 +41,7 @@ from wav2vec2.config.training import (
 __all__ = [
     "PRECISIONS", "PRESETS", "SCHEDULES", "CheckpointConfig", "DataConfig", "DistributedConfig",
     "FeatureEncoderConfig", "LoggingConfig", "LoopConfig", "LossConfig", "MaskingConfig", "ModelConfig",
-    "OptimConfig", "PrecisionConfig", "QuantizerConfig", "TrainConfig", "TransformerConfig", "arch",
+    "OptimConfig", "PrecisionConfig", "QuantizerConfig", "TrainConfig", "TransformerConfig", "UpstreamConfig", "arch",
     "architecture", "architecture_differences", "base", "demo", "large", "preset", "tiny", "validate",
     "validate_schedule", "with_architecture",
 ]

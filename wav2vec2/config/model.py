@@ -197,6 +197,26 @@ class LossConfig:
 
 
 @dataclass
+class UpstreamConfig:
+    """How a downstream head (CTC, classification) reads the encoder: SUPERB's protocol
+    (Yang et al. 2021, s3prl's `Featurizer`) when `layer_sum` and `freeze` are on.
+
+    Not architecture: a downstream run keeps its own values whatever model `task.init` is."""
+
+    layer_sum: bool = False
+    """Feed the head a learnable softmax-weighted sum of the encoder's hidden states instead
+    of its output: weights zero-initialised (a plain mean at first), no extra norm, as SUPERB."""
+    layers: list[int] = field(default_factory=list)
+    """Which hidden states the sum covers: 0 is the input of the first Transformer layer, i
+    the output of layer i (`Wav2Vec2Model.encode(return_hidden_states=True)`); empty: all
+    num_layers + 1 (13 for BASE). One layer and `layer_sum` picks that layer."""
+    freeze: bool = False
+    """Frozen upstream: the whole `Wav2Vec2Model` (CNN included) gets no gradient and is out
+    of the optimizer, and runs in eval mode whatever the head's mode, so dropout, LayerDrop
+    and masking are off inside it (as s3prl's wav2vec2 wrapper); its weights stay bit-identical."""
+
+
+@dataclass
 class ModelConfig:
     """The wav2vec 2.0 pretraining model. Defaults: BASE (95,044,608 parameters)."""
 
@@ -223,6 +243,8 @@ class ModelConfig:
     """kappa: cosine similarities are divided by this."""
     crop_seq_to_multiple: int = 1
     """Crop the frame sequence to a multiple of this (1 = no crop)."""
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    """What a downstream head reads of the encoder (`UpstreamConfig`); pretraining ignores it."""
 
 
 def base() -> ModelConfig:

@@ -3,13 +3,14 @@
 The pretrained encoder with its pretraining modules removed (`mask_emb` kept: fine-tuning
 masks too), dropout, and a Linear from the model width to the vocabulary. Letters come out
 at one distribution per 20 ms frame; index 0 is the CTC blank (`wav2vec2.data.labels`).
+With `model.upstream` (`upstream.py`) the Linear reads a weighted sum of the encoder's
+hidden states, and the encoder may be frozen: SUPERB's PR/ASR probes.
 
 Shapes: B batch, L samples, T frames, D model dim, V vocabulary size.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 
 from wav2vec2.config import ModelConfig
 from wav2vec2.model.dropout import Dropout
-from wav2vec2.model.wav2vec2 import Wav2Vec2Model
+from wav2vec2.model.upstream import DownstreamModel
 
 
 @dataclass
@@ -30,17 +31,16 @@ class CtcOutput:
     """(B,) long: unpadded frames of each utterance."""
     padding_mask: Tensor | None
     """(B, T) bool frame padding mask, True = pad (None without padding)."""
+    layer_weights: Tensor | None = None
+    """(K,) softmaxed weights of the hidden states the head read (`model.upstream.layer_sum`)."""
 
 
-class Wav2Vec2Ctc(nn.Module):
-    """wav2vec 2.0 encoder + final dropout + Linear(D, V)."""
+class Wav2Vec2Ctc(DownstreamModel):
+    """wav2vec 2.0 encoder (or a weighted sum of its hidden states) + final dropout + Linear(D, V)."""
 
     def __init__(self, cfg: ModelConfig, *, vocab_size: int, final_dropout: float = 0.0, blank: int = 0) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.blank = blank
-        self.wav2vec2 = Wav2Vec2Model(cfg)
-        self.wav2vec2.remove_pretraining_modules()
         self.final_dropout = Dropout(final_dropout)
         self.proj = nn.Linear(cfg.transformer.embed_dim, vocab_size)
         self.reset_head()
@@ -67,11 +67,9 @@ class Wav2Vec2Ctc(nn.Module):
         In training mode the encoder applies the time and channel masks of `cfg.masking`
         (drawn from `generator`), as fairseq fine-tuning does. `freeze_encoder` runs the
         whole encoder under no_grad, so only the head trains (fairseq's
-        `freeze_finetune_updates`).
+        `freeze_finetune_updates`); `model.upstream.freeze` does always, in eval mode.
         """
-        frozen = torch.no_grad() if freeze_encoder else contextlib.nullcontext()
-        with frozen:
-            enc = self.wav2vec2.encode(source, padding_mask, mask=self.training, generator=generator)
+        enc = self.upstream(source, padding_mask, freeze_encoder=freeze_encoder, generator=generator)
         logits = self.proj(self.final_dropout(enc.x))  # (B, T, D) -> (B, T, V)
         B, T, _ = logits.shape
         if enc.padding_mask is None:
@@ -81,7 +79,8 @@ class Wav2Vec2Ctc(nn.Module):
             blank_only = torch.full_like(logits[0, 0], float("-inf"))
             blank_only[self.blank] = 0.0
             logits = torch.where(enc.padding_mask.unsqueeze(-1), blank_only.to(logits.dtype), logits)
-        return CtcOutput(logits=logits, lengths=lengths, padding_mask=enc.padding_mask)
+        return CtcOutput(logits=logits, lengths=lengths, padding_mask=enc.padding_mask,
+                         layer_weights=enc.layer_weights)
 
 
 def ctc_loss_sum(logits: Tensor, lengths: Tensor, targets: Tensor, target_lengths: Tensor, *, blank: int = 0) -> Tensor:
