@@ -89,3 +89,15 @@ def make_ctc_cfg(labelled_corpus: Path, tmp_path: Path):
 @pytest.fixture
 def train_script():
     return run_train_script
+
+
+@pytest.fixture(scope="session")
+def class_corpus(tiny_corpus: Path) -> Path:
+    """`tiny_corpus` with class labels (`train.lbl`, `valid.lbl`): its speaker directories,
+    spk0..spk2, one name per manifest line. What classification reads."""
+    from wav2vec2.data import read_manifest
+
+    for split in ("train", "valid"):
+        _, entries = read_manifest(tiny_corpus / f"{split}.tsv")
+        (tiny_corpus / f"{split}.lbl").write_text("".join(rel.split("/")[0] + "\n" for rel, _ in entries))
+    return tiny_corpus

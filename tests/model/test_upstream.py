@@ -112,3 +112,29 @@ def test_an_unfrozen_upstream_still_trains_and_masks() -> None:
         out.x.sum().backward()
     assert not torch.equal(outs[0], outs[1])
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.wav2vec2.parameters())
+
+
+def test_the_cache_gives_each_utterance_its_states_alone_and_skips_the_upstream_after() -> None:
+    cfg = _cfg(freeze=True)
+    cfg.feature_encoder.mode, cfg.feature_encoder.conv_bias = "layer_norm", True
+    torch.manual_seed(0)
+    plain = Wav2Vec2Classifier(cfg, num_classes=3).eval()
+    cfg.upstream.cache = True
+    cached = Wav2Vec2Classifier(cfg, num_classes=3).eval()
+    cached.load_state_dict(plain.state_dict())
+    source, padding = _audio(2, 6000), torch.zeros(2, 6000, dtype=torch.bool)
+    padding[1, 4100:] = True
+    calls = []
+    original = cached.wav2vec2.encode
+    cached.wav2vec2.encode = lambda *a, **k: calls.append(1) or original(*a, **k)
+    with torch.no_grad():
+        first = cached(source, padding).logits
+        again = cached(source, padding).logits
+        alone = torch.cat([plain(source[:1]).logits, plain(source[1:, :4100]).logits])
+    assert len(calls) == 2  # one pass per utterance, none the second time
+    assert torch.equal(first, again)
+    torch.testing.assert_close(first, alone, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="needs model.upstream.freeze"):
+        unfrozen = _cfg(freeze=False)
+        unfrozen.upstream.cache = True
+        Wav2Vec2Ctc(unfrozen, vocab_size=5)

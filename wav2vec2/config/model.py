@@ -214,6 +214,12 @@ class UpstreamConfig:
     """Frozen upstream: the whole `Wav2Vec2Model` (CNN included) gets no gradient and is out
     of the optimizer, and runs in eval mode whatever the head's mode, so dropout, LayerDrop
     and masking are off inside it (as s3prl's wav2vec2 wrapper); its weights stay bit-identical."""
+    cache: bool = False
+    """With `freeze`: run the upstream on each utterance alone, once, and keep what the head
+    reads in memory (keyed by a hash of the waveform), so later epochs and validations skip
+    it. A probe of a few minutes of audio then costs about one pass of the upstream. An
+    utterance's features are then always those it has alone, whatever batch it is in (the
+    uncached path differs by float rounding, and for BASE's GroupNorm encoder by its padding)."""
 
 
 @dataclass

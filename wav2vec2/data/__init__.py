@@ -10,6 +10,7 @@ from wav2vec2.data.batching import (
     batch_seed,
 )
 from wav2vec2.data.dataset import (
+    ClassLabelledAudioDataset,
     Collater,
     LabelledAudioDataset,
     RawAudioDataset,
@@ -32,6 +33,7 @@ __all__ = [
     "STREAM_TRAIN",
     "STREAM_VALID",
     "BatchStream",
+    "ClassLabelledAudioDataset",
     "Collater",
     "Dictionary",
     "LabelledAudioDataset",

@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from wav2vec2.data.labels import PAD, Dictionary, collate_targets, read_label_file
+from wav2vec2.data.labels import PAD, Dictionary, class_indices, collate_targets, read_class_labels, read_label_file
 from wav2vec2.data.manifest import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -235,6 +235,28 @@ class LabelledAudioDataset(RawAudioDataset):
     def _load(self, index: int) -> dict:
         item = super()._load(index)  # so that a replacement item carries its own transcript
         item["target"] = torch.tensor(self.labels[index], dtype=torch.long)
+        return item
+
+
+class ClassLabelledAudioDataset(RawAudioDataset):
+    """Audio with its class: items gain "target", a (1,) long tensor holding the index in
+    `classes` of the entry's line in `labels_path` (`{subset}.lbl`), so batches carry
+    "target" (B, 1). Padding collation (pooling must see every frame); label problems
+    (line count, empty line, unknown class) are errors naming the file and line."""
+
+    def __init__(self, manifest_path: str | os.PathLike, *, labels_path: str | os.PathLike, classes: list[str],
+                 **kwargs) -> None:
+        super().__init__(manifest_path, pad=True, max_sample_size=None, **kwargs)
+        self.labels_path = os.fspath(labels_path)
+        if not os.path.isfile(self.labels_path):
+            raise FileNotFoundError(f"no class labels for {self.manifest_path}: {self.labels_path} is missing")
+        labels = read_class_labels(self.labels_path, num_lines=len(self) + self.num_dropped)
+        indices = class_indices(labels, classes, path=self.labels_path)
+        self.labels = [indices[line - 2] for line in self.lines]  # manifest line 2 is entry 0
+
+    def _load(self, index: int) -> dict:
+        item = super()._load(index)
+        item["target"] = torch.tensor([self.labels[index]], dtype=torch.long)
         return item
 
 

@@ -211,11 +211,38 @@ def read_label_lines(path: str | os.PathLike, *, num_lines: int) -> list[str]:
     while len(lines) > num_lines and not lines[-1].strip():
         lines.pop()
     if len(lines) != num_lines:
+        where = (f"{path}:{len(lines) + 1} is the first manifest entry without one" if len(lines) < num_lines
+                 else f"{path}:{num_lines + 1} is the first line without a manifest entry")
         raise ValueError(
             f"{path}: {len(lines)} label lines but the manifest has {num_lines} entries; a label "
-            f"file needs exactly one line per manifest entry, in manifest order"
+            f"file needs exactly one line per manifest entry, in manifest order ({where})"
         )
     return lines
+
+
+def read_class_labels(path: str | os.PathLike, *, num_lines: int) -> list[str]:
+    """The class of each manifest entry, from a label file line-aligned with the manifest
+    (`{subset}.lbl`: one class name per line, surrounding whitespace ignored). Errors name
+    "path:line": a missing line, an empty one, a name with whitespace inside."""
+    path = os.fspath(path)
+    labels = [line.strip() for line in read_label_lines(path, num_lines=num_lines)]
+    for lineno, label in enumerate(labels, start=1):
+        if not label:
+            raise ValueError(f"{path}:{lineno}: empty label; every manifest entry needs its class on its line")
+        if label != "".join(label.split()):
+            raise ValueError(f"{path}:{lineno}: class {label!r} contains whitespace; one name per line")
+    return labels
+
+
+def class_indices(labels: list[str], classes: list[str], *, path: str | os.PathLike) -> list[int]:
+    """The index in `classes` of each label of `path` (as `read_class_labels` read them); a
+    class not in `classes` is an error naming "path:line" and the known classes."""
+    index = {name: i for i, name in enumerate(classes)}
+    for lineno, label in enumerate(labels, start=1):
+        if label not in index:
+            raise ValueError(f"{os.fspath(path)}:{lineno}: unknown class {label!r}; the classes are "
+                             f"{', '.join(classes)} (task.classes, or those of the training labels)")
+    return [index[label] for label in labels]
 
 
 def read_label_file(path: str | os.PathLike, *, dictionary: Dictionary, num_lines: int) -> list[list[int]]:

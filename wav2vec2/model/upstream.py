@@ -13,12 +13,16 @@ Frozen means: the encoder's parameters have `requires_grad=False` (out of the op
 DDP), it runs under `no_grad`, and it stays in eval mode when the head trains, so dropout,
 LayerDrop and masking are off inside it, as s3prl's wav2vec2 wrapper runs it.
 
+`upstream.cache` (frozen only) keeps each utterance's states in memory after its first pass,
+computed on the utterance alone, so a probe's later epochs skip the upstream.
+
 Shapes: B batch, L samples, T frames, D model dim, K hidden states summed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +89,10 @@ class DownstreamModel(nn.Module):
         if up.freeze:
             self.wav2vec2.requires_grad_(False)
             self.wav2vec2.eval()
+        elif up.cache:
+            raise ValueError("model.upstream.cache needs model.upstream.freeze: a trained upstream changes")
+        self._cache: dict[bytes, Tensor] = {}
+        """upstream.cache: waveform hash -> (K, T, D) states (K = 1: the output) of the utterance alone."""
 
     def train(self, mode: bool = True) -> DownstreamModel:
         super().train(mode)
@@ -101,6 +109,8 @@ class DownstreamModel(nn.Module):
 
         Shape: source (B, L), padding_mask (B, L) bool True = pad -> x (B, T, D).
         """
+        if self.cfg.upstream.cache:
+            return self._cached(source, padding_mask)
         frozen = freeze_encoder or self.cfg.upstream.freeze
         with torch.no_grad() if frozen else contextlib.nullcontext():
             enc = self.wav2vec2.encode(source, padding_mask, mask=self.wav2vec2.training, generator=generator,
@@ -109,3 +119,29 @@ class DownstreamModel(nn.Module):
             return UpstreamOutput(enc.x, enc.padding_mask, None)
         x, weights = self.layer_sum([enc.hidden_states[i] for i in self.layers])
         return UpstreamOutput(x, enc.padding_mask, weights)
+
+    def _cached(self, source: Tensor, padding_mask: Tensor | None) -> UpstreamOutput:
+        """`upstream` of a frozen encoder through the cache: each utterance's states, alone,
+        padded with zeros into the batch. Shape: source (B, L) -> x (B, T, D)."""
+        lengths = [source.shape[1]] * source.shape[0] if padding_mask is None else (~padding_mask).sum(1).tolist()
+        states = []
+        for wav, n in zip(source, lengths):
+            wav = wav[:n]
+            key = hashlib.blake2b(wav.detach().cpu().numpy().tobytes(), digest_size=16).digest()
+            if key not in self._cache:
+                with torch.no_grad():
+                    enc = self.wav2vec2.encode(wav[None], return_hidden_states=self.layer_sum is not None)
+                chosen = [enc.hidden_states[i] for i in self.layers] if self.layer_sum is not None else [enc.x]
+                self._cache[key] = torch.cat(chosen)  # K x (1, T, D) -> (K, T, D)
+            states.append(self._cache[key])
+        T = max(s.shape[1] for s in states)
+        padded = source.new_zeros(len(states), states[0].shape[0], T, states[0].shape[2])  # (B, K, T, D)
+        frame_padding = torch.ones(len(states), T, dtype=torch.bool, device=source.device)
+        for b, s in enumerate(states):
+            padded[b, :, : s.shape[1]] = s
+            frame_padding[b, : s.shape[1]] = False
+        mask = None if padding_mask is None else frame_padding
+        if self.layer_sum is None:
+            return UpstreamOutput(padded[:, 0], mask, None)
+        x, weights = self.layer_sum(list(padded.unbind(dim=1)))
+        return UpstreamOutput(x, mask, weights)

@@ -1,7 +1,8 @@
 """Tasks the training loop can run: one file each, registered here by name.
 
 A preset picks one with its `task:` default (`configs/pretrain.yaml`: `task: pretrain`,
-`configs/ctc.yaml`: `task: ctc`); `build_task(cfg)` makes it.
+`configs/ctc.yaml`: `task: ctc`, `configs/classify.yaml`: `task: classify`); `build_task(cfg)`
+makes it.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from wav2vec2.tasks.base import LossOutput, Panel, Task
+from wav2vec2.tasks.classify import ClassifyTask
 from wav2vec2.tasks.ctc import CtcTask
 from wav2vec2.tasks.pretrain import PretrainTask
 from wav2vec2.config import TrainConfig
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (PretrainTask, CtcTask)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (PretrainTask, CtcTask, ClassifyTask)}
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:

@@ -13,6 +13,9 @@ vocabulary of `dict.ltr.txt`. As fairseq (`models/wav2vec/wav2vec2_asr.py`, `cri
   size is the number of utterances (`sentence_avg`);
 - validation decodes greedily and reports `wer` and `cer` in percent; the best
   checkpoint is the one with the lowest WER (or CER: `task.best_metric`).
+
+With `model.upstream` (frozen, layer-weighted: `configs/probe_ctc_*.yaml`) the same task is
+SUPERB's PR/ASR probe: a Linear on a weighted sum of a frozen model's hidden states.
 """
 
 from __future__ import annotations
@@ -25,14 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from wav2vec2.config import TrainConfig, with_architecture
+from wav2vec2.config import TrainConfig
 from wav2vec2.data import Dictionary, LabelledAudioDataset
 from wav2vec2.data.labels import BLANK, SPECIALS
 from wav2vec2.infer.decode import error_counts, greedy_ctc, wer_cer
-from wav2vec2.interop.load import load_model
 from wav2vec2.model.ctc import Wav2Vec2Ctc, ctc_loss_sum
 from wav2vec2.model.losses import LN2
 from wav2vec2.tasks.base import LossOutput, Panel, Task
+from wav2vec2.tasks.probing import layer_weight_metrics, layer_weight_panels, layer_weight_sums, load_init
 
 log = logging.getLogger(__name__)
 
@@ -100,24 +103,15 @@ class CtcTask(Task):
         replaces `model`'s, its weights wait for `build_model`."""
         if self._prepared:
             return
-        t, d = self.task_cfg, self.cfg.data
+        t = self.task_cfg
         if self._dictionary is None:
             if not self.dictionary_path.is_file():
                 raise FileNotFoundError(f"no letter dictionary at {self.dictionary_path} (task.dictionary, "
                                         f"or dict.{t.labels}.txt in data.manifest_dir)")
             self._dictionary = Dictionary.load(self.dictionary_path)
         if t.init:
-            try:
-                pretrained = load_model(t.init)
-            except (FileNotFoundError, ValueError) as err:
-                raise type(err)(f"task.init: {err}") from None
-            if pretrained.normalize is not None and pretrained.normalize != d.normalize:
-                raise ValueError(
-                    f"data.normalize={d.normalize} but {t.init} was pretrained with normalize={pretrained.normalize}: "
-                    "fine-tune with the normalisation the model was pretrained with (fairseq asserts the same)")
             # The shapes come from the pretrained model, everything else from this config.
-            self.cfg.model = with_architecture(self.cfg.model, pretrained.config)
-            self._init_weights = pretrained.encoder_weights()
+            self._init_weights = load_init(t.init, self.cfg)
         self._prepared = True
 
     @property
@@ -160,8 +154,10 @@ class CtcTask(Task):
                         dataset.describe(short[0]))
 
     def has_unused_parameters(self) -> bool:
-        # A frozen encoder or a skipped layer leaves parameters without gradient.
-        return self.task_cfg.freeze_finetune_updates > 0 or self.cfg.model.transformer.layerdrop > 0
+        # A frozen encoder or a skipped layer leaves parameters without gradient (a frozen
+        # upstream has none: it is out of DDP's bookkeeping, and never drops a layer).
+        return self.task_cfg.freeze_finetune_updates > 0 or (
+            self.cfg.model.transformer.layerdrop > 0 and not self.cfg.model.upstream.freeze)
 
     # ------------------------------------------------------------------ training
     def _forward(self, model: nn.Module, batch: dict[str, Any], *, num_updates: int,
@@ -180,6 +176,7 @@ class CtcTask(Task):
             "frames": out.lengths.sum(),
             "blank_frames": blank.sum(),
             "frozen": float(frozen),
+            **layer_weight_sums(self.cfg.model, out.layer_weights),
         }
         return loss, sums, out
 
@@ -195,6 +192,7 @@ class CtcTask(Task):
             "blank_frac": sums["blank_frames"] / max(sums["frames"], 1.0),
             "tokens": sums["tokens"],
             "encoder_frozen": float(sums["frozen"] > 0),
+            **layer_weight_metrics(self.cfg.model, sums),
         }
 
     # ------------------------------------------------------------------ validation
@@ -245,6 +243,7 @@ class CtcTask(Task):
             Panel("frames whose best symbol is the blank", train=(("blank_frac", "train"),),
                   valid=(("blank_frac", "valid"),), ylim=(0.0, 1.02)),
             Panel("freeze and learning rate", train=(("encoder_frozen", "encoder frozen (1)"),), lr=True),
+            *layer_weight_panels(self.cfg.model),
         ]
 
     def describe(self, metrics: dict[str, float]) -> list[str]:

@@ -222,3 +222,7 @@ def main() -> None:
     if problem:
         _fail(problem, 2)
     _train()
+
+
+if __name__ == "__main__":  # `python -m wav2vec2.train.cli`, as scripts/probe.py runs each probe
+    main()
