@@ -4,11 +4,12 @@ metric is drawn against the pretraining update, next to the run's own curves.
 
     python scripts/probe.py runs/demo --preset probe_ctc_demo data.manifest_dir=DIR
     python scripts/probe.py runs/demo --every 2 --seeds 1 2 --preset classify_demo data.manifest_dir=DIR
-    python scripts/probe.py wav2vec_small.pt hf_dir/ --preset probe_ctc_base data.manifest_dir=DIR
+    python scripts/probe.py wav2vec_small.pt hf_dir/ random --preset probe_ctc data.manifest_dir=DIR
 
 Each probe is an ordinary training run of the preset (a frozen upstream read through a learned
 layer-weighted sum: `configs/probe_ctc_*.yaml`, `configs/classify_*.yaml`) with `task.init` set
-to the snapshot, in `OUT/{snapshot}/seed{s}`; rerunning resumes or reuses finished probes. The
+to the snapshot, in `OUT/{snapshot}/seed{s}`; the path `random` probes the preset's model with
+random weights (`task.init=''`), the baseline a pretrained model must beat; rerunning resumes or reuses finished probes. The
 probe metric is the best validation value of its task's `best_metric` (CER for the CTC probe,
 accuracy for classification). Written: `OUT/probe.tsv` (one row per probe, then the mean per
 model), `OUT/probe.md` (the same as a Markdown table) and `OUT/probe.png` (metric against
@@ -37,13 +38,18 @@ from wav2vec2.train.metrics import read_history
 from wav2vec2.train.plots import load_run
 
 
+RANDOM = "random"
+"""The path that stands for random weights of the preset's model."""
+
+
 @dataclass
 class Target:
     """One model to probe."""
 
     name: str
-    """Its directory name under OUT: the snapshot's file stem, or the model's name."""
-    path: Path
+    """Its directory name under OUT: the snapshot's file stem, or the model's directory and name."""
+    path: Path | None
+    """None: random weights of the preset's model."""
     update: int | None
     """The pretraining update it holds, when the file says."""
 
@@ -74,14 +80,20 @@ def targets(paths: list[Path], *, every: int = 1) -> tuple[list[Target], Path | 
         return [Target(p.stem, p, int(p.stem.split("_")[1])) for p in chosen], run
     out = []
     for path in paths:
+        if str(path) == RANDOM:
+            out.append(Target("random-init", None, 0))
+            continue
         loaded = load_model(path)  # any format; an error names what the path is not
-        out.append(Target(path.stem if path.is_file() else path.name, path, loaded.num_updates))
+        # runs/ft/checkpoint_best.pt -> "ft_checkpoint_best": two runs' best checkpoints stay apart.
+        name = f"{path.parent.name}_{path.stem}" if path.is_file() else path.name
+        out.append(Target(name, path, loaded.num_updates))
     return out, None
 
 
 def probe_command(target: Target, *, preset: str, seed: int, run_dir: Path, overrides: list[str]) -> list[str]:
     """The training command of one probe (printed, so any probe can be rerun by hand)."""
-    return [sys.executable, "-m", "wav2vec2.train.cli", "--config-name", preset, f"task.init={target.path}",
+    init = "" if target.path is None else target.path
+    return [sys.executable, "-m", "wav2vec2.train.cli", "--config-name", preset, f"task.init={init}",
             f"run_dir={run_dir}", f"seed={seed}", *overrides]
 
 
@@ -95,7 +107,7 @@ def best_value(run_dir: Path) -> tuple[str, float, bool]:
 
 
 def run_probes(found: list[Target], *, preset: str, seeds: list[int], out: Path, overrides: list[str],
-               log=print) -> list[Result]:
+               log=lambda line: print(line, flush=True)) -> list[Result]:
     """Train every probe (sequentially; a finished one is reused) and collect its best value."""
     results = []
     for target in found:
@@ -106,10 +118,11 @@ def run_probes(found: list[Target], *, preset: str, seeds: list[int], out: Path,
             start = time.monotonic()
             proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             seconds = time.monotonic() - start
+            (out / target.name).mkdir(parents=True, exist_ok=True)  # a run that failed early made none
             atomic_write(out / target.name / f"seed{seed}.log", proc.stdout)
             if proc.returncode != 0:
                 tail = "\n".join(proc.stdout.splitlines()[-8:])
-                raise RuntimeError(f"the probe of {target.path} (seed {seed}) failed with status {proc.returncode}; "
+                raise RuntimeError(f"the probe of {target.path or 'random weights'} (seed {seed}) failed with status {proc.returncode}; "
                                    f"its output is in {out / target.name}/seed{seed}.log:\n{tail}")
             metric, value, higher = best_value(run_dir)
             log(f"   {metric} {value:.4g} ({seconds:.0f} s)")
@@ -195,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=1, help="probe every k-th snapshot, counted from the newest")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="one probe per seed (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="default RUN_DIR/probe, or ./probe for models")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # paths, options and overrides in any order
     paths = [Path(item) for item in args.items if "=" not in item]
     overrides = [item for item in args.items if "=" in item]
     if not paths:
