@@ -8,8 +8,8 @@
 # 1. installs the project into ./.venv with scripts/setup_env.sh (skipped when W2V_PYTHON
 #    names a ready interpreter), and prepares the Asterisk prompts (5 languages, one voice
 #    each) in $W2V_DATA (default data/asterisk) with the low-resource splits in $W2V_DATA-lowres,
-#    as scripts/finetune_demo.sh does; writes language labels (.lbl) for its utterances of 12 s
-#    or less in $W2V_RUN/langid;
+#    as scripts/finetune_demo.sh does; writes language labels (.lbl) in $W2V_RUN/langid (training:
+#    every 12th utterance of 12 s or less; validation: all of them);
 # 2. a CTC probe (letters, configs/probe_ctc_demo.yaml) on the 10 English minutes, dev CER, of
 #    three frozen upstreams: the demo-pretrained model ($W2V_PRETRAINED, default
 #    $W2V_FINETUNE_RUN/pretrain/checkpoint_best.pt), random weights, and the fine-tuned model
@@ -60,8 +60,12 @@ stage() { echo "== $1 ($(( $(date +%s) - start )) s so far)"; }
 stage "preparing the corpus in $DATA, the low-resource splits in $SPLITS and language labels in $RUN/langid"
 "$PY" scripts/prepare_asterisk.py --out "$DATA" --finetune-splits "$SPLITS"
 mkdir -p "$RUN/langid"
-for split in train valid; do  # utterances of at most 12 s (one batch); the label is the language directory
-    awk -F'\t' 'NR == 1 || $2 <= 192000' "$DATA/$split.tsv" > "$RUN/langid/$split.tsv"
+# Utterances of at most 12 s (one batch); training: every 12th (~40 per language, 6.5 min), so that
+# the frozen upstream's cached states cover the training set after one epoch. The label is the
+# language directory (en/..., es/...).
+awk -F'\t' 'NR == 1 || $2 <= 192000' "$DATA/train.tsv" | awk 'NR == 1 || (NR - 2) % 12 == 0' > "$RUN/langid/train.tsv"
+awk -F'\t' 'NR == 1 || $2 <= 192000' "$DATA/valid.tsv" > "$RUN/langid/valid.tsv"
+for split in train valid; do
     awk -F'\t' 'NR > 1 { split($1, path, "/"); print path[1] }' "$RUN/langid/$split.tsv" > "$RUN/langid/$split.lbl"
 done
 
