@@ -70,14 +70,14 @@ for split in train valid; do
 done
 
 stage "CTC probe on 10 English minutes: demo-pretrained, random, fine-tuned; two seeds"
-"$PY" scripts/probe.py "$PRETRAINED" random "$FINETUNED" --preset probe_ctc_demo --seeds 1 2 --out "$RUN/ctc" \
+"$PY" scripts/probe.py "$PRETRAINED" random "$FINETUNED" --preset probe_ctc_demo --seeds 1,2 --out "$RUN/ctc" \
     data.manifest_dir="$SPLITS/finetune_en"
 stage "test CER of each CTC probe's best checkpoint"
 "$PY" -m wav2vec2.infer.evaluate "$RUN"/ctc/*/seed*/checkpoint_best.pt --manifest-dir "$SPLITS/finetune_en" \
     --subset test --json "$RUN/ctc/test.json"
 
 stage "language ID (5 languages, one voice each): demo-pretrained, random, fine-tuned; two seeds"
-"$PY" scripts/probe.py "$PRETRAINED" random "$FINETUNED" --preset classify_demo --seeds 1 2 --out "$RUN/langid_probe" \
+"$PY" scripts/probe.py "$PRETRAINED" random "$FINETUNED" --preset classify_demo --seeds 1,2 --out "$RUN/langid_probe" \
     data.manifest_dir="$RUN/langid"
 
 stage "pretraining configs/demo.yaml for $PRETRAIN_UPDATES updates, keeping a snapshot every 200"
@@ -86,6 +86,6 @@ OMP_NUM_THREADS=2 "$PY" scripts/train.py --config-name demo data.manifest_dir="$
 "$PY" -m wav2vec2.train.plots "$RUN/pretrain" --curves-only || true
 
 stage "probe curve: the CTC probe of every $CURVE_EVERY-th snapshot, two seeds"
-"$PY" scripts/probe.py "$RUN/pretrain" --every "$CURVE_EVERY" --preset probe_ctc_demo --seeds 1 2 \
+"$PY" scripts/probe.py "$RUN/pretrain" --every "$CURVE_EVERY" --preset probe_ctc_demo --seeds 1,2 \
     data.manifest_dir="$SPLITS/finetune_en"
 stage "done: tables in $RUN/ctc/probe.md, $RUN/langid_probe/probe.md, $RUN/pretrain/probe/probe.md"

@@ -47,7 +47,7 @@ def test_a_run_without_snapshots_says_how_to_keep_them(tmp_path: Path, pretrain_
 def test_probe_curve_of_a_run(pretrain_run: Path, class_corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "probe"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "probe.py"), str(pretrain_run), "--every", "2", "--seeds", "1", "2",
+        [sys.executable, str(REPO / "scripts" / "probe.py"), str(pretrain_run), "--every", "2", "--seeds", "1,2",
          "--preset", "classify_tiny", "--out", str(out), f"data.manifest_dir={class_corpus}", "optim.max_update=4",
          "train.validate_every=2", "logging.tensorboard=false"],
         capture_output=True, text=True, env=script_env(), cwd=REPO, timeout=900)

@@ -3,7 +3,7 @@ run (or any model the loader reads) is probed with the same small, fixed budget,
 metric is drawn against the pretraining update, next to the run's own curves.
 
     python scripts/probe.py runs/demo --preset probe_ctc_demo data.manifest_dir=DIR
-    python scripts/probe.py runs/demo --every 2 --seeds 1 2 --preset classify_demo data.manifest_dir=DIR
+    python scripts/probe.py runs/demo --every 2 --seeds 1,2 --preset classify_demo data.manifest_dir=DIR
     python scripts/probe.py wav2vec_small.pt hf_dir/ random --preset probe_ctc data.manifest_dir=DIR
 
 Each probe is an ordinary training run of the preset (a frozen upstream read through a learned
@@ -119,7 +119,12 @@ def run_probes(found: list[Target], *, preset: str, seeds: list[int], out: Path,
             proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             seconds = time.monotonic() - start
             (out / target.name).mkdir(parents=True, exist_ok=True)  # a run that failed early made none
-            atomic_write(out / target.name / f"seed{seed}.log", proc.stdout)
+            timing = out / target.name / f"seed{seed}.seconds"
+            if "nothing to do" in proc.stdout and timing.is_file():  # reused: the time it took to train
+                seconds = float(timing.read_text())
+            else:
+                atomic_write(out / target.name / f"seed{seed}.log", proc.stdout)
+                atomic_write(timing, f"{seconds:.1f}\n")
             if proc.returncode != 0:
                 tail = "\n".join(proc.stdout.splitlines()[-8:])
                 raise RuntimeError(f"the probe of {target.path or 'random weights'} (seed {seed}) failed with status {proc.returncode}; "
@@ -199,6 +204,13 @@ def plot(results: list[Result], out: Path, *, run: Path | None, title: str = "")
     return png
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes comma-separated integers (1,2), got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("items", nargs="+", metavar="PATH | key=value",
@@ -206,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(data.manifest_dir=DIR, optim.max_update=N, ...)")
     parser.add_argument("--preset", required=True, help="the probe's preset (configs/probe_ctc_*, classify_*)")
     parser.add_argument("--every", type=int, default=1, help="probe every k-th snapshot, counted from the newest")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="one probe per seed (default 1)")
+    parser.add_argument("--seeds", type=_seeds, default=[1], help="one probe per seed, comma-separated: 1,2 (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="default RUN_DIR/probe, or ./probe for models")
     args = parser.parse_intermixed_args(argv)  # paths, options and overrides in any order
     paths = [Path(item) for item in args.items if "=" not in item]
