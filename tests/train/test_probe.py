@@ -66,6 +66,11 @@ def test_probe_curve_of_a_run(pretrain_run: Path, class_corpus: Path, tmp_path: 
         assert float(row[4]) == pytest.approx(best, rel=1e-3)
     assert (out / "probe.png").stat().st_size > 10_000
     assert "| checkpoint_00000006 | 6 |" in proc.stdout  # the Markdown table, printed
+    # Rerunning reuses the finished probes as they are (no training), with the time they took.
+    table = (out / "probe.tsv").read_text()
+    assert main([str(pretrain_run), "--every", "2", "--seeds", "1,2", "--preset", "classify_tiny", "--out", str(out),
+                 f"data.manifest_dir={class_corpus}"]) == 0
+    assert (out / "probe.tsv").read_text() == table
 
 
 def test_bad_paths_are_named(tmp_path: Path, capsys) -> None:

@@ -9,7 +9,9 @@ metric is drawn against the pretraining update, next to the run's own curves.
 Each probe is an ordinary training run of the preset (a frozen upstream read through a learned
 layer-weighted sum: `configs/probe_ctc_*.yaml`, `configs/classify_*.yaml`) with `task.init` set
 to the snapshot, in `OUT/{snapshot}/seed{s}`; the path `random` probes the preset's model with
-random weights (`task.init=''`), the baseline a pretrained model must beat; rerunning resumes or reuses finished probes. The
+random weights (`task.init=''`), the baseline a pretrained model must beat. Rerunning resumes
+an unfinished probe and reuses a finished one as it is (delete its directory to redo it with
+other settings). The
 probe metric is the best validation value of its task's `best_metric` (CER for the CTC probe,
 accuracy for classification). Written: `OUT/probe.tsv` (one row per probe, then the mean per
 model), `OUT/probe.md` (the same as a Markdown table) and `OUT/probe.png` (metric against
@@ -97,6 +99,14 @@ def probe_command(target: Target, *, preset: str, seed: int, run_dir: Path, over
             f"run_dir={run_dir}", f"seed={seed}", *overrides]
 
 
+def finished(run_dir: Path) -> bool:
+    """Whether a probe run reached the `optim.max_update` of its own config.yaml."""
+    if not (run_dir / "config.yaml").is_file():
+        return False
+    task, history = load_run(run_dir)
+    return bool(history) and history[-1]["num_updates"] >= task.cfg.optim.max_update
+
+
 def best_value(run_dir: Path) -> tuple[str, float, bool]:
     """(metric, its best validation value, higher is better) of a finished probe run."""
     task, history = load_run(run_dir)
@@ -113,17 +123,20 @@ def run_probes(found: list[Target], *, preset: str, seeds: list[int], out: Path,
     for target in found:
         for seed in seeds:
             run_dir = out / target.name / f"seed{seed}"
+            timing = out / target.name / f"seed{seed}.seconds"
+            if finished(run_dir) and timing.is_file():
+                metric, value, higher = best_value(run_dir)
+                log(f"== probe {target.name}, seed {seed}: done before, {metric} {value:.4g} (delete {run_dir} to redo it)")
+                results.append(Result(target, seed, metric, value, higher, float(timing.read_text())))
+                continue
             command = probe_command(target, preset=preset, seed=seed, run_dir=run_dir, overrides=overrides)
             log(f"== probe {target.name} (update {target.update}), seed {seed}: {' '.join(command[1:])}")
             start = time.monotonic()
             proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             seconds = time.monotonic() - start
             (out / target.name).mkdir(parents=True, exist_ok=True)  # a run that failed early made none
-            timing = out / target.name / f"seed{seed}.seconds"
-            if "nothing to do" in proc.stdout and timing.is_file():  # reused: the time it took to train
-                seconds = float(timing.read_text())
-            else:
-                atomic_write(out / target.name / f"seed{seed}.log", proc.stdout)
+            atomic_write(out / target.name / f"seed{seed}.log", proc.stdout)
+            if proc.returncode == 0:
                 atomic_write(timing, f"{seconds:.1f}\n")
             if proc.returncode != 0:
                 tail = "\n".join(proc.stdout.splitlines()[-8:])
