@@ -53,7 +53,7 @@ def test_probe_curve_of_a_run(pretrain_run: Path, class_corpus: Path, tmp_path: 
         capture_output=True, text=True, env=script_env(), cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = [line.split("\t") for line in (out / "probe.tsv").read_text().splitlines()]
-    assert rows[0] == ["model", "update", "seed", "metric", "best valid", "seconds"]
+    assert rows[0] == ["model", "update", "seed", "metric", "best valid", "loss", "lowest valid", "seconds"]
     probed = [(r[0], r[1], r[2]) for r in rows[1:] if r[2] in ("1", "2")]
     assert probed == [("checkpoint_00000002", "2", "1"), ("checkpoint_00000002", "2", "2"),
                       ("checkpoint_00000006", "6", "1"), ("checkpoint_00000006", "6", "2")]
@@ -62,8 +62,11 @@ def test_probe_curve_of_a_run(pretrain_run: Path, class_corpus: Path, tmp_path: 
         records = (out / name / f"seed{seed}" / "metrics.jsonl").read_text()
         best = max(float(x.split('"accuracy": ')[1].split(",")[0].rstrip("}")) for x in records.splitlines()
                    if '"split": "valid"' in x)
+        lowest = min(float(x.split('"loss": ')[1].split(",")[0].rstrip("}")) for x in records.splitlines()
+                     if '"split": "valid"' in x)
         row = next(r for r in rows if (r[0], r[2]) == (name, seed))
         assert float(row[4]) == pytest.approx(best, rel=1e-3)
+        assert row[5] == "loss" and float(row[6]) == pytest.approx(lowest, rel=1e-3)
     assert (out / "probe.png").stat().st_size > 10_000
     assert "| checkpoint_00000006 | 6 |" in proc.stdout  # the Markdown table, printed
     # Rerunning reuses the finished probes as they are (no training), with the time they took.

@@ -13,7 +13,9 @@ random weights (`task.init=''`), the baseline a pretrained model must beat. Reru
 an unfinished probe and reuses a finished one as it is (delete its directory to redo it with
 other settings). The
 probe metric is the best validation value of its task's `best_metric` (CER for the CTC probe,
-accuracy for classification). Written: `OUT/probe.tsv` (one row per probe, then the mean per
+accuracy for classification), and beside it the lowest validation value of the task's headline
+loss (bits per letter, bits per utterance), which still separates upstreams where an error
+rate sits near 100%. Written: `OUT/probe.tsv` (one row per probe, then the mean per
 model), `OUT/probe.md` (the same as a Markdown table) and `OUT/probe.png` (metric against
 pretraining update, with the run's own validation loss beside it). OUT defaults to
 `RUN_DIR/probe/` for a run, `./probe/` for models.
@@ -65,6 +67,12 @@ class Result:
     """The best validation value of `metric` over the probe run."""
     higher_is_better: bool
     seconds: float
+    loss_name: str = ""
+    """The task's headline loss (the first metric of its progress line: bits per letter for
+    CTC, bits per utterance for classification)."""
+    loss: float = float("nan")
+    """Its lowest validation value: where an error rate is stuck near 100% (a small model, a
+    small budget), the loss still tells the upstreams apart."""
 
 
 def targets(paths: list[Path], *, every: int = 1) -> tuple[list[Target], Path | None]:
@@ -116,6 +124,13 @@ def best_value(run_dir: Path) -> tuple[str, float, bool]:
     return task.best_metric, (max if task.higher_is_better else min)(valid), task.higher_is_better
 
 
+def lowest_loss(run_dir: Path) -> tuple[str, float]:
+    """(label, lowest validation value) of the task's headline loss, its progress line's first metric."""
+    task, history = load_run(run_dir)
+    key, label, _ = task.console[0]
+    return label, min(r[key] for r in history if r["split"] == "valid" and key in r)
+
+
 def run_probes(found: list[Target], *, preset: str, seeds: list[int], out: Path, overrides: list[str],
                log=lambda line: print(line, flush=True)) -> list[Result]:
     """Train every probe (sequentially; a finished one is reused) and collect its best value."""
@@ -127,7 +142,8 @@ def run_probes(found: list[Target], *, preset: str, seeds: list[int], out: Path,
             if finished(run_dir) and timing.is_file():
                 metric, value, higher = best_value(run_dir)
                 log(f"== probe {target.name}, seed {seed}: done before, {metric} {value:.4g} (delete {run_dir} to redo it)")
-                results.append(Result(target, seed, metric, value, higher, float(timing.read_text())))
+                results.append(Result(target, seed, metric, value, higher, float(timing.read_text()),
+                                      *lowest_loss(run_dir)))
                 continue
             command = probe_command(target, preset=preset, seed=seed, run_dir=run_dir, overrides=overrides)
             log(f"== probe {target.name} (update {target.update}), seed {seed}: {' '.join(command[1:])}")
@@ -144,22 +160,25 @@ def run_probes(found: list[Target], *, preset: str, seeds: list[int], out: Path,
                                    f"its output is in {out / target.name}/seed{seed}.log:\n{tail}")
             metric, value, higher = best_value(run_dir)
             log(f"   {metric} {value:.4g} ({seconds:.0f} s)")
-            results.append(Result(target, seed, metric, value, higher, seconds))
+            results.append(Result(target, seed, metric, value, higher, seconds, *lowest_loss(run_dir)))
     return results
 
 
 def _rows(results: list[Result]) -> list[list[str]]:
-    header = ["model", "update", "seed", "metric", "best valid", "seconds"]
+    header = ["model", "update", "seed", "metric", "best valid", "loss", "lowest valid", "seconds"]
     rows = [header]
     for r in results:
         rows.append([r.target.name, str(r.target.update if r.target.update is not None else ""), str(r.seed), r.metric,
-                     f"{r.value:.4g}", f"{r.seconds:.0f}"])
+                     f"{r.value:.4g}", r.loss_name, f"{r.loss:.4g}", f"{r.seconds:.0f}"])
+
+    def mean_sd(values: list[float]) -> str:
+        return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
     for name in dict.fromkeys(r.target.name for r in results):
         mine = [r for r in results if r.target.name == name]
         if len(mine) > 1:
-            values = [r.value for r in mine]
             rows.append([name, rows[1 + results.index(mine[0])][1], "mean ± sd", mine[0].metric,
-                         f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}",
+                         mean_sd([r.value for r in mine]), mine[0].loss_name, mean_sd([r.loss for r in mine]),
                          f"{sum(r.seconds for r in mine):.0f}"])
     return rows
 
@@ -177,8 +196,8 @@ def write_table(results: list[Result], out: Path) -> tuple[Path, Path]:
 
 
 def plot(results: list[Result], out: Path, *, run: Path | None, title: str = "") -> Path:
-    """`probe.png`: the probe metric against pretraining update (each seed, and their mean),
-    beside the pretraining run's own validation loss when there is a run."""
+    """`probe.png`: the probe's best metric and lowest loss against pretraining update (each
+    seed, and their mean), beside the pretraining run's own validation loss when there is a run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,29 +205,29 @@ def plot(results: list[Result], out: Path, *, run: Path | None, title: str = "")
 
     history: list[dict[str, Any]] = read_history(run / "metrics.jsonl") if run is not None else []
     valid = [r for r in history if r["split"] == "valid" and "loss" in r]
-    fig, axes = plt.subplots(1, 2 if valid else 1, figsize=(11 if valid else 6, 4), squeeze=False,
+    fig, axes = plt.subplots(1, 3 if valid else 2, figsize=(15 if valid else 10, 4), squeeze=False,
                              layout="constrained")
-    ax = axes[0, 0]
     placed = [r for r in results if r.target.update is not None]
     by_seed: dict[int, list[Result]] = {}
-    for r in placed:
+    for r in sorted(placed, key=lambda r: r.target.update):
         by_seed.setdefault(r.seed, []).append(r)
-    for seed, rs in sorted(by_seed.items()):
-        rs.sort(key=lambda r: r.target.update)
-        ax.plot([r.target.update for r in rs], [r.value for r in rs], "o:", alpha=0.6, label=f"seed {seed}")
-    if len(by_seed) > 1:
-        updates = sorted({r.target.update for r in placed})
-        means = [statistics.mean(r.value for r in placed if r.target.update == u) for u in updates]
-        ax.plot(updates, means, "o-", color="black", label="mean")
-    metric = results[0].metric if results else ""
-    better = "higher" if results and results[0].higher_is_better else "lower"
-    ax.set(xlabel="pretraining update", ylabel=f"probe {metric} ({better} is better)",
-           title=f"probe: best valid {metric}")
-    ax.legend(fontsize=8)
+    updates = sorted({r.target.update for r in placed})
+    first = results[0] if results else None
+    better = "higher" if first and first.higher_is_better else "lower"
+    panels = ((lambda r: r.value, f"probe {first.metric if first else ''} ({better} is better)", "best valid"),
+              (lambda r: r.loss, f"probe {first.loss_name if first else ''} (lower is better)", "lowest valid"))
+    for ax, (value, ylabel, what) in zip(axes[0], panels):
+        for seed, rs in by_seed.items():
+            ax.plot([r.target.update for r in rs], [value(r) for r in rs], "o:", alpha=0.6, label=f"seed {seed}")
+        if len(by_seed) > 1:
+            means = [statistics.mean(value(r) for r in placed if r.target.update == u) for u in updates]
+            ax.plot(updates, means, "o-", color="black", label="mean")
+        ax.set(xlabel="pretraining update", ylabel=ylabel, title=f"probe: {what} {ylabel.split(' (')[0][6:]}")
+        ax.legend(fontsize=8)
     if valid:
-        ax2 = axes[0, 1]
-        ax2.plot([r["num_updates"] for r in valid], [r["loss"] for r in valid], "o-", color="tab:red")
-        ax2.set(xlabel="pretraining update", ylabel="valid loss", title="the pretraining run's own validation loss")
+        ax = axes[0, 2]
+        ax.plot([r["num_updates"] for r in valid], [r["loss"] for r in valid], "o-", color="tab:red")
+        ax.set(xlabel="pretraining update", ylabel="valid loss", title="the pretraining run's own validation loss")
     if title:
         fig.suptitle(title)
     png = out / "probe.png"
