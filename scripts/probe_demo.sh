@@ -14,8 +14,7 @@
 #    three frozen upstreams: the demo-pretrained model ($W2V_PRETRAINED, default
 #    $W2V_FINETUNE_RUN/pretrain/checkpoint_best.pt), random weights, and the fine-tuned model
 #    ($W2V_FINETUNED, default $W2V_FINETUNE_RUN/pretrained/checkpoint_best.pt; scripts/finetune_demo.sh
-#    makes both in $W2V_FINETUNE_RUN, default runs/finetune_demo), two seeds each, then the
-#    test CER of each probe's best checkpoint;
+#    makes both in $W2V_FINETUNE_RUN, default runs/finetune_demo), two seeds each;
 # 3. language ID (configs/classify_demo.yaml) on the same upstreams, two seeds each;
 # 4. a demo pretraining of $W2V_PRETRAIN_UPDATES updates (default 1200) that keeps a snapshot
 #    every 200 (checkpoint.keep_last=0), and its probe curve: the CTC probe of every
@@ -72,9 +71,6 @@ done
 stage "CTC probe on 10 English minutes: demo-pretrained, random, fine-tuned; two seeds"
 "$PY" scripts/probe.py "$PRETRAINED" random "$FINETUNED" --preset probe_ctc_demo --seeds 1,2 --out "$RUN/ctc" \
     data.manifest_dir="$SPLITS/finetune_en"
-stage "test CER of each CTC probe's best checkpoint"
-"$PY" -m wav2vec2.infer.evaluate "$RUN"/ctc/*/seed*/checkpoint_best.pt --manifest-dir "$SPLITS/finetune_en" \
-    --subset test --json "$RUN/ctc/test.json"
 
 stage "language ID (5 languages, one voice each): demo-pretrained, random, fine-tuned; two seeds"
 "$PY" scripts/probe.py "$PRETRAINED" random "$FINETUNED" --preset classify_demo --seeds 1,2 --out "$RUN/langid_probe" \
