@@ -189,6 +189,10 @@ class LoopConfig:
     """No validation before this many updates (fairseq `validate_after_updates`; the
     low-resource fine-tuning recipes wait for the end of the encoder freeze); the end of
     training always validates."""
+    validate_at_start: bool = False
+    """Also validate before the first update of a fresh run: the starting point of a run that
+    continues a pretrained model (its health warnings compare with it; the continue_*
+    presets set it)."""
     max_valid_batches: int = 0
     """Cap on validation batches per rank (0 = the whole valid set)."""
     stop_at_update: int = 0

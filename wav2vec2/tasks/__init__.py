@@ -30,12 +30,13 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     return OmegaConf.to_object(OmegaConf.merge(schema, d))
 
 
-def build_task(cfg: TrainConfig) -> Task:
-    """The task `cfg.task` configures."""
+def build_task(cfg: TrainConfig, *, architecture_overrides: tuple[str, ...] = ()) -> Task:
+    """The task `cfg.task` configures. `architecture_overrides`: the architecture fields the
+    user set explicitly (`Task.__init__`)."""
     name = getattr(cfg.task, "name", None)
     if name not in TASKS:
         raise ValueError(f"task.name must be one of {sorted(TASKS)}, got {name!r}")
-    return TASKS[name](cfg)
+    return TASKS[name](cfg, architecture_overrides=architecture_overrides)
 
 
 __all__ = ["TASKS", "LossOutput", "Panel", "Task", "build_task", "config_from_dict"]

@@ -32,7 +32,7 @@ from wav2vec2.infer.decode import error_counts, greedy_ctc, wer_cer
 from wav2vec2.interop.load import load_model
 from wav2vec2.model.ctc import Wav2Vec2Ctc, ctc_loss_sum
 from wav2vec2.model.losses import LN2
-from wav2vec2.tasks.base import LossOutput, Panel, Task
+from wav2vec2.tasks.base import LossOutput, Panel, Task, check_architecture_overrides
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,11 @@ class CtcTask(Task):
     console = (("loss_per_token", "loss/letter", ".3f"), ("blank_frac", "blank", ".3f"), ("wer", "WER", ".2f"),
                ("cer", "CER", ".2f"))
 
-    def __init__(self, cfg: TrainConfig, *, dictionary: Dictionary | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, *, dictionary: Dictionary | None = None,
+                 architecture_overrides: tuple[str, ...] = ()) -> None:
         """`dictionary`: the vocabulary of a trained model (from its checkpoint); by default
         it is read from `task.dictionary` / `dict.{labels}.txt`."""
-        super().__init__(cfg)
+        super().__init__(cfg, architecture_overrides=architecture_overrides)
         t, d = self.task_cfg, cfg.data
         if d.max_sample_size:
             raise ValueError(f"data.max_sample_size must be 0 for CTC fine-tuning (got {d.max_sample_size}): "
@@ -116,6 +117,7 @@ class CtcTask(Task):
                     f"data.normalize={d.normalize} but {t.init} was pretrained with normalize={pretrained.normalize}: "
                     "fine-tune with the normalisation the model was pretrained with (fairseq asserts the same)")
             # The shapes come from the pretrained model, everything else from this config.
+            check_architecture_overrides(self.cfg.model, pretrained.config, self.architecture_overrides, where=t.init)
             self.cfg.model = with_architecture(self.cfg.model, pretrained.config)
             self._init_weights = pretrained.encoder_weights()
         self._prepared = True

@@ -258,6 +258,8 @@ class Trainer:
             log.info("run already at update %d of %d: nothing to do", self.num_updates, end)
             return None
         try:
+            if self.num_updates == 0 and cfg.train.validate_at_start:
+                self._validate()  # where a continued run starts: its health is judged against it
             with StopRequests(time_limit_minutes=cfg.train.time_limit_minutes, device=self.device) as stop:
                 return self._loop(end, stop)
         finally:
@@ -362,39 +364,6 @@ class Trainer:
                              snapshot=snapshot, best=best, keep_last=self.cfg.checkpoint.keep_last)
 
     def _restore(self) -> None:
-        """Resume or continue from a checkpoint (`resume.find_start`), if there is one."""
-        start = resume.find_start(self.run_dir, self.cfg.checkpoint)
-        if start is not None:
-            resume.check_fits(start, task=self.task.name, model=self.cfg.model)
-            self.load_state_dict(start.state, start.resets)
-            log.info("restored %s at update %d (resets: %s)", start.path, self.num_updates,
-                     start.resets.names() or "none")
-
-    def load_state_dict(self, state: dict[str, Any], resets: resume.Resets) -> None:
-        """Restore what `state_dict` saved, but for what `resets` says to leave as it is."""
-        self.model.load_state_dict(state["model"])
-        self.task.load_state_dict(state.get("task_state", {}))
-        if not resets.optimizer:
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scaler is not None and state.get("loss_scaler"):
-                self.scaler.load_state_dict(state["loss_scaler"])
-        if not resets.schedule:
-            self.num_updates = int(state["num_updates"])
-            self.nonfinite.total = int(state.get("nonfinite_skips", 0))
-            self.num_bad_files = int(state.get("bad_files", 0))
-        if not resets.dataloader:
-            try:
-                self.stream.load_state_dict(state["data"])
-            except ValueError as err:  # other world size or batching: position is meaningless
-                log.warning("cannot restore the data position (%s); starting the next epoch", err)
-                self.stream.epoch, self.stream.consumed = state["data"]["epoch"] + 1, 0
-        if not resets.rng:
-            # version 1: "best_valid_loss"
-            best = state.get("best_valid_metric", {"name": "loss", "value": state.get("best_valid_loss")})
-            if best["name"] == self.task.best_metric and best["value"] is not None:
-                self.best_valid = float(best["value"])
-            if state.get("world_size") == self.dist.world_size:
-                rng.set_rng_state(state["rng"][self.dist.rank])
-            else:
-                log.warning("checkpoint from %s ranks, now %s: RNG streams restart", state.get("world_size"),
-                            self.dist.world_size)
+        """Resume from `run_dir`, continue from a checkpoint or from the task's source model
+        (`resume.restore`), or start fresh."""
+        resume.restore(self)
