@@ -100,7 +100,7 @@ class OptimConfig:
     update_freq: int = 1
     """Micro-batches accumulated per update on each rank (fairseq `update_freq`). Leave at 1
     when `distributed.simulated_world_size` is set: it is then derived."""
-    updates_span_epochs: bool = True
+    updates_span_epochs: bool = False
     """False (fairseq): an update never spans an epoch boundary. fairseq groups each epoch's
     batches into updates (`GroupedIterator(update_freq)` over one epoch), so the last update
     of an epoch takes what is left, fewer than `update_freq` micro-batches (its gradient is
