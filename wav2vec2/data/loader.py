@@ -108,7 +108,8 @@ class Update:
     """(epoch, position, batch) of each micro-batch: `update_freq` of them, or fewer at the
     end of an epoch; position is the batch's index in the epoch's global batch order."""
     epoch: int
-    """The epoch of the update (that of its last batch when updates span epochs)."""
+    """The epoch of the update; when updates span epochs, the last epoch it finished, if
+    any, else that of its batches."""
     end_of_epoch: bool
     """The update took the last batch of its epoch (fairseq's `end_of_epoch`, which the
     validation and snapshot cadence reads)."""
