@@ -196,6 +196,10 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
             total -= total % self.num_replicas
         return range(self.rank, total, self.num_replicas)
 
+    def rank_batches(self, epoch: int) -> int:
+        """This rank's batches in a whole `epoch`, whatever has been consumed of it."""
+        return len(self._rank_positions(epoch))
+
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.epoch = epoch
@@ -230,7 +234,7 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
             "seed": self.seed,
             "num_replicas": self.num_replicas,
             "rank": self.rank,
-            "num_batches": len(self._rank_positions(self.epoch)),
+            "num_batches": self.rank_batches(self.epoch),
         }
 
     def load_state_dict(self, state: dict) -> None:

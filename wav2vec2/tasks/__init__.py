@@ -13,14 +13,16 @@ from omegaconf import OmegaConf
 from wav2vec2.tasks.base import LossOutput, Panel, Task
 from wav2vec2.tasks.ctc import CtcTask
 from wav2vec2.tasks.pretrain import PretrainTask
-from wav2vec2.config import TrainConfig
+from wav2vec2.config import TrainConfig, migrate_config_dict
 
 TASKS: dict[str, type[Task]] = {task.name: task for task in (PretrainTask, CtcTask)}
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     """A `TrainConfig` from its plain-dict form (as checkpoints store it), checked against
-    the schema of its task: unknown keys and wrong types raise, naming the key."""
+    the schema of its task: unknown keys and wrong types raise, naming the key. Keys of
+    earlier versions are renamed first (`migrate_config_dict`)."""
+    d = migrate_config_dict(d)
     task = d.get("task") or {}
     name = task.get("name") if isinstance(task, dict) else None
     if name not in TASKS:
