@@ -88,7 +88,7 @@ def test_forward_and_walk_back_equal_brute_force(wildcard: bool) -> None:
         emissions, lengths, targets, jumps = random_case(gen, batch=3, wildcard=wildcard)
         graph = ctc_graph(targets, blank=BLANK, pad_column=PAD, jumps=jumps, jump_score=-1.5)
         forward = viterbi_forward(emissions, lengths, graph)
-        ends, scores = best_ends(forward, graph)
+        ends, scores = best_ends(forward.alpha, forward.lo, graph)
         paths = backtrack(forward, graph, lengths, ends)
         for b in range(3):
             T = int(lengths[b])
@@ -115,7 +115,7 @@ def test_repeated_tokens_need_a_blank_between_them() -> None:
     for tokens, frames, expected in (([1, 1], 2, None), ([1, 1], 3, [1, 2, 3]), ([1, 2], 2, [1, 3])):
         graph = ctc_graph([tokens], blank=BLANK, pad_column=PAD)
         forward = viterbi_forward(emissions[:, :frames], torch.tensor([frames]), graph)
-        ends, scores = best_ends(forward, graph)
+        ends, scores = best_ends(forward.alpha, forward.lo, graph)
         if expected is None:
             assert scores[0] == -math.inf
         else:
@@ -134,7 +134,7 @@ def test_a_jump_passes_over_a_line_the_audio_lacks() -> None:
     tokens = [WILDCARD, 1, 2, WILDCARD, 3]
     graph = ctc_graph([tokens], blank=BLANK, pad_column=PAD, jumps=[[(0, 3)]], jump_score=-1.0)
     forward = viterbi_forward(emissions, torch.tensor([T]), graph)
-    ends, scores = best_ends(forward, graph)
+    ends, scores = best_ends(forward.alpha, forward.lo, graph)
     path = backtrack(forward, graph, torch.tensor([T]), ends)[0].tolist()
     assert 3 not in path and 5 not in path  # never in the states of "1" or "2"
     assert path[5] == 9  # token 4 ("3", state 9) at frame 5
@@ -159,12 +159,12 @@ def test_a_wide_band_is_the_exact_search_and_a_narrow_one_finds_the_same_path() 
     graph = ctc_graph([tokens], blank=BLANK, pad_column=PAD)
     lengths = torch.tensor([T])
     exact = viterbi_forward(emissions, lengths, graph)
-    path = backtrack(exact, graph, lengths, best_ends(exact, graph)[0])
+    path = backtrack(exact, graph, lengths, best_ends(exact.alpha, exact.lo, graph)[0])
     wide = viterbi_forward(emissions, lengths, graph, width=10_000, shift_every=8)
     assert wide.alpha.shape[1] == graph.labels.shape[1]
     narrow = viterbi_forward(emissions, lengths, graph, width=24, shift_every=8, beam=50.0)
     assert narrow.alpha.shape[1] == 24
     for forward in (wide, narrow):
-        assert (backtrack(forward, graph, lengths, best_ends(forward, graph)[0]) == path).all()
+        assert (backtrack(forward, graph, lengths, best_ends(forward.alpha, forward.lo, graph)[0]) == path).all()
     entered = [t for t in range(1, T) if path[0, t] % 2 == 1 and path[0, t - 1] != path[0, t]]
     assert entered == where.tolist()  # each token where its spike is

@@ -41,6 +41,8 @@ from torch import Tensor
 
 STAY, STEP, SKIP, JUMP = 0, 1, 2, 3
 """A backpointer: the state at the frame before is s, s-1, s-2, or `jump_from[s]`."""
+_BLOCK = 64
+"""Frames whose emissions are gathered into band order at once."""
 
 
 @dataclass
@@ -128,7 +130,8 @@ def viterbi_forward(emissions: Tensor, lengths: Tensor, graph: Graph, *, width: 
     rows continue from scores at the frame before their first one, for the band starting at
     `lo` (zeros everywhere: a path may start in any state). Without `width` the band is every
     state. With `shift_every`, the band moves at the frames whose index `first_frame[b] + t`
-    is a multiple of it (so rows that cover the same frames move alike).
+    is a multiple of it (so rows that cover the same frames move alike). `snapshot_step[b]`
+    asks for a copy of row b's band scores after that step.
 
     Shape: emissions (B, N, C) log-probabilities, with the graph's columns; lengths (B,).
     """
@@ -143,50 +146,59 @@ def viterbi_forward(emissions: Tensor, lengths: Tensor, graph: Graph, *, width: 
     band.move(lo)
 
     # `scores` holds two columns of -inf, then the band: the states s-1 and s-2 of every band
-    # state are views of it, without a copy per frame.
+    # state are views of it, without a copy per frame. A path from the start is a path from a
+    # score of 0 in state 0 "before frame 0": at frame 0 it can only be in state 0 or 1.
     scores = torch.full((B, W + 2), -math.inf, device=device)
-    start = 0
     if alpha is None:
-        scores[:, 2:4] = emissions[:, 0].gather(1, band.labels[:, :2])  # states 0 and 1 at frame 0
-        scores[lengths < 1, 2:] = -math.inf
-        start = 1
+        scores[:, 2] = torch.where(lo == 0, 0.0, -math.inf)
     else:
         scores[:, 2:] = alpha
     backpointers = torch.zeros(B, N, W, dtype=torch.int8, device=device) if keep_backpointers else None
     band_starts = lo[:, None].repeat(1, N) if keep_backpointers else None  # (B, N)
-    snapshot = None
+    # What happens at which step, decided here once rather than with a device sync per frame.
+    firsts = first_frame.tolist()
+    shifts = {} if shift_every is None else {
+        t: torch.tensor([(f + t) % shift_every == 0 for f in firsts], device=device)
+        for t in range(N) if any((f + t) % shift_every == 0 for f in firsts)}
+    snapshots: dict[int, list[int]] = {}
+    for row, step_ in enumerate([] if snapshot_step is None else snapshot_step.tolist()):
+        if 0 <= step_ < N:
+            snapshots.setdefault(step_, []).append(row)
+    snapshot = None if snapshot_step is None else (torch.full((B, W), -math.inf, device=device),
+                                                   lo.clone())
     ragged = bool((lengths < N).any())
-    for t in range(start, N):
-        prev = scores[:, 2:]  # (B, W) the band at frame t-1
-        if shift_every is not None and bool(((first_frame + t) % shift_every == 0).any()):
-            scores[:, 2:] = band.shift(prev, (first_frame + t) % shift_every == 0, beam)
-        stay, step, skip = prev, scores[:, 1:-1], scores[:, :-2] + band.skip_penalty  # (B, W) each
-        best = torch.maximum(stay, step)
-        move = (step > stay).to(torch.int8)
-        better = skip > best
-        best = torch.where(better, skip, best)
-        move.masked_fill_(better, SKIP)
-        if band.has_jumps:
-            jump = prev.gather(1, band.jump_index) + band.jump_penalty  # (B, W)
-            better = jump > best
-            best = torch.where(better, jump, best)
-            move.masked_fill_(better, JUMP)
-        new = best + emissions[:, t].gather(1, band.labels)  # (B, W)
-        if ragged:  # rows past their length keep their scores (and "stay")
-            done = (t >= lengths)[:, None]  # (B, 1)
-            new = torch.where(done, prev, new)
-            move.masked_fill_(done, STAY)
-        scores[:, 2:] = new
-        if keep_backpointers:
-            backpointers[:, t] = move
-            band_starts[:, t] = band.lo
-        if snapshot_step is not None and bool((snapshot_step == t).any()):
-            at = snapshot_step == t  # (B,)
-            if snapshot is None:
-                snapshot = (torch.full((B, W), -math.inf, device=device), torch.zeros(B, dtype=torch.long,
-                                                                                      device=device))
-            snapshot[0][at] = scores[at, 2:]
-            snapshot[1][at] = band.lo[at]
+    bounds = sorted({0, N, *shifts, *range(0, N, _BLOCK)})  # emissions are gathered a block at a time
+    for t0, t1 in zip(bounds, bounds[1:]):
+        if t0 in shifts:
+            scores[:, 2:] = band.shift(scores[:, 2:], shifts[t0], beam)
+            if keep_backpointers:
+                band_starts[:, t0:] = band.lo[:, None]
+        # (B, N, C) -> (B, t1 - t0, W): each band state's emission over the block
+        block = emissions[:, t0:t1].gather(2, band.labels[:, None, :].expand(B, t1 - t0, W))
+        for t in range(t0, t1):
+            prev = scores[:, 2:]  # (B, W) the band at frame t-1; its states s-1, s-2 are views too
+            step, skip = scores[:, 1:-1], scores[:, :-2] + band.skip_penalty  # (B, W) each
+            move = backpointers[:, t] if keep_backpointers else torch.empty(B, W, dtype=torch.int8, device=device)
+            best = torch.maximum(prev, step)
+            move.copy_(step > prev)  # STEP (1) where it beats STAY (0)
+            better = skip > best
+            best = torch.maximum(best, skip)
+            move.masked_fill_(better, SKIP)
+            if band.has_jumps:
+                jump = prev.gather(1, band.jump_index) + band.jump_penalty  # (B, W)
+                better = jump > best
+                best = torch.maximum(best, jump)
+                move.masked_fill_(better, JUMP)
+            if ragged:  # rows past their length keep their scores (and "stay")
+                done = (t >= lengths)[:, None]  # (B, 1)
+                scores[:, 2:] = torch.where(done, prev, best + block[:, t - t0])
+                move.masked_fill_(done, STAY)
+            else:
+                torch.add(best, block[:, t - t0], out=scores[:, 2:])
+            if t in snapshots:
+                rows = snapshots[t]
+                snapshot[0][rows] = scores[rows, 2:]
+                snapshot[1][rows] = band.lo[rows]
     return Forward(scores[:, 2:].clone(), band.lo.clone(), backpointers, band_starts, snapshot)
 
 
@@ -232,16 +244,18 @@ class _Band:
         return out
 
 
-def best_ends(forward: Forward, graph: Graph) -> tuple[Tensor, Tensor]:
-    """Each row's best end state (its last token or last blank) and that state's score at its
-    last frame; -inf where neither is in the band or reachable.
+def best_ends(alpha: Tensor, lo: Tensor, graph: Graph) -> tuple[Tensor, Tensor]:
+    """Each row's best end state (its last token or last blank) and that state's score in the
+    band scores `alpha` (B, W) starting at `lo` (B,) (a `Forward`'s); -inf where neither is in
+    the band or reachable.
 
     Shape: returns (B,) long absolute states, (B,) float scores."""
     last = graph.num_states - 1  # (B,) the final blank
     candidates = torch.stack([last, last - 1], dim=1)  # (B, 2); a row of no tokens has one state
-    index = candidates - forward.lo[:, None]  # (B, 2) band index
-    inside = (index >= 0) & (index < forward.alpha.shape[1]) & (candidates >= 0)
-    scores = torch.where(inside, forward.alpha.gather(1, index.clamp(0, forward.alpha.shape[1] - 1)), -math.inf)
+    index = candidates - lo[:, None]  # (B, 2) band index
+    W = alpha.shape[1]
+    inside = (index >= 0) & (index < W) & (candidates >= 0)
+    scores = torch.where(inside, alpha.gather(1, index.clamp(0, W - 1)), -math.inf)
     best = scores.argmax(dim=1, keepdim=True)  # (B, 1), ties to the final blank
     return candidates.gather(1, best)[:, 0], scores.gather(1, best)[:, 0]
 
