@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from wav2vec2.data.labels import BLANK
+from wav2vec2.data.labels import BLANK, read_references
+from wav2vec2.data.manifest import read_manifest
 from wav2vec2.infer.align_long import LaneOptions, best_path_in_lanes
 from wav2vec2.infer.align_text import AlignmentText, describe_unknown, prepare_text
 from wav2vec2.infer.audio import AudioFile
@@ -187,3 +189,58 @@ def spans_of_path(path: np.ndarray, emissions: Tensor, text: AlignmentText, *, f
     unknown = [describe_unknown([u]).split(": ", 1)[1] for u in text.unknown]
     duration = len(path) * frame_seconds
     return Alignment(file=file, duration=duration, lines=lines, unknown=unknown)
+
+
+# ---------------------------------------------------------------- manifests
+def align_manifest(rec: Recognizer, manifest: str | os.PathLike, options: AlignOptions | None = None, *,
+                   batch_size: int = 16) -> Iterator[tuple[str, Alignment | None, str | None]]:
+    """Align each utterance of a fairseq manifest `DIR/subset.tsv` to its line of `subset.wrd`
+    (or `subset.ltr`) beside it, `batch_size` utterances per exact search. Yields (path,
+    alignment, None) in manifest order, or (path, None, why) for one that failed (unreadable
+    audio, unknown characters under "error", a line too long for its audio)."""
+    options = options or AlignOptions()
+    root, entries = read_manifest(manifest)
+    references = read_references(manifest, num_lines=len(entries))
+    if references is None:
+        raise ValueError(f"{manifest}: no .wrd or .ltr transcripts beside it to align")
+    frame_seconds = rec.model.cfg.feature_encoder.hop / rec.sample_rate
+    pending: list[tuple[str, Tensor, AlignmentText, float]] = []
+
+    def flush():
+        if not pending:
+            return
+        lengths = torch.tensor([len(lg) for _, lg, _, _ in pending])
+        padded = torch.nn.utils.rnn.pad_sequence([lg for _, lg, _, _ in pending], batch_first=True)  # (B, T, V)
+        try:
+            done = align_batch(padded, lengths, [t for _, _, t, _ in pending], frame_seconds=frame_seconds,
+                               options=options, files=[p for p, _, _, _ in pending])
+            results = [(p, a, None) for (p, _, _, _), a in zip(pending, done)]
+        except ValueError:  # one utterance that cannot be aligned: align them one by one to name it
+            results = []
+            for p, lg, t, _ in pending:
+                try:
+                    results.append((p, align_logits(lg, t, frame_seconds=frame_seconds, options=options, file=p), None))
+                except ValueError as err:
+                    results.append((p, None, str(err)))
+        for (_, _, _, duration), (p, a, why) in zip(pending, results):
+            if a is not None:
+                a.duration = duration
+            yield p, a, why
+        pending.clear()
+
+    for (rel, _), line in zip(entries, references):
+        path = os.path.join(root, rel)
+        try:
+            text = prepare_text([line], rec.dictionary, unknown=options.unknown, replace=options.replace,
+                                wildcard=options.wildcard)
+            with AudioFile(path, sample_rate=rec.sample_rate, normalize=rec.normalize) as audio:
+                logits = frame_logits(rec, audio)  # (T, V)
+                duration = audio.num_samples / rec.sample_rate
+        except (OSError, ValueError) as err:
+            yield from flush()
+            yield path, None, str(err) if path in str(err) else f"{path}: {err}"
+            continue
+        pending.append((path, logits, text, duration))
+        if len(pending) == batch_size:
+            yield from flush()
+    yield from flush()

@@ -38,6 +38,7 @@ class UnknownChar:
     column: int
     """1-based position in that line, as given (before `replace`)."""
     char: str
+    """As written there."""
 
 
 @dataclass
@@ -76,9 +77,10 @@ class AlignmentText:
 
     def normalized_line(self, index: int) -> list[str]:
         """Line `index`'s words as the dictionary spells them (for .wrd labels); a word with
-        no symbol (all skipped) is left out."""
-        return ["".join(self.symbols[k] for k in w.tokens if self.tokens[k] != self.wildcard_column)
-                for w in self.words if w.line == index and w.tokens]
+        no symbol (all skipped or wildcards) is left out."""
+        words = ["".join(self.symbols[k] for k in w.tokens if self.tokens[k] != self.wildcard_column)
+                 for w in self.words if w.line == index]
+        return [w for w in words if w]
 
 
 def dictionary_case(dictionary: Dictionary):
@@ -151,7 +153,7 @@ def prepare_text(lines: Sequence[str], dictionary: Dictionary, *, unknown: str =
                         at += size
                         break
                 else:
-                    out.unknown.append(UnknownChar(number, w[at][1], w[at][0]))
+                    out.unknown.append(UnknownChar(number, w[at][1], raw[w[at][1] - 1]))
                     if unknown == "star":
                         add(star, WILDCARD, index)
                     at += 1
