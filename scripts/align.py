@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{AlignOptions.wildcard_penalty:g})")
     skip = parser.add_mutually_exclusive_group()
     skip.add_argument("--skip-penalty", type=float, default=AlignOptions.skip_penalty,
-                      help=f"log-probability cost of passing over a line the audio lacks (default: "
+                      help=f"log-probability cost per token of passing over a line the audio lacks (default: "
                            f"{AlignOptions.skip_penalty:g})")
     skip.add_argument("--no-skip", action="store_true", help="every line must be found in the audio")
     parser.add_argument("--window", type=float, default=WINDOW_SECONDS, help="seconds per model window")

@@ -41,7 +41,7 @@ def test_text_becomes_tokens_with_boundaries_and_wildcards() -> None:
     assert text.symbols == [WILDCARD, "T", "H", "E", "|", "H", "A", "T", "|", WILDCARD, "N", "O", "|", WILDCARD]
     assert [(w.text, w.line, w.tokens) for w in text.words] == [("the", 0, [1, 2, 3]), ("hat", 0, [5, 6, 7]),
                                                                 ("no", 1, [10, 11])]
-    assert text.line_wildcards == [0, 9, 13] and text.jumps == [(0, 9), (9, 13)]
+    assert text.line_wildcards == [0, 9, 13] and text.jumps(-2.0) == [(0, 9, -16.0), (9, 13, -6.0)]
     assert text.normalized_line(0) == ["THE", "HAT"]
     assert prepare_text(["the"], DICTIONARY, wildcard=False).symbols == ["T", "H", "E", "|"]
 
@@ -134,7 +134,7 @@ def test_the_long_route_gives_the_exact_alignment() -> None:
     logits = spiky(text, spikes.tolist(), int(spikes[-1]) + 20) + 0.5 * torch.randn(int(spikes[-1]) + 20,
                                                                                       len(DICTIONARY))
     exact = align_logits(logits, text, frame_seconds=FRAME)
-    lanes = LaneOptions(band=64, lane_frames=200, overlap_frames=100, locate_frames=50, locate_tokens=60)
+    lanes = LaneOptions(band=64, lane_frames=200, overlap_frames=100)
     long = align_logits(logits, text, frame_seconds=FRAME, options=AlignOptions(exact_limit=0, lanes=lanes))
     assert [(w.text, w.start, w.end) for x in long.lines for w in x.words] == \
            [(w.text, w.start, w.end) for x in exact.lines for w in x.words]

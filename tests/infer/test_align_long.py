@@ -14,8 +14,7 @@ from wav2vec2.infer.align_long import LaneOptions, best_path_in_lanes
 from wav2vec2.infer.viterbi import backtrack, best_ends, ctc_graph, viterbi_forward, with_wildcard
 
 V = 30  # blank, 3 unused specials, 26 tokens; the wildcard is column V, padding V + 1
-SMALL = dict(band=128, shift_frames=25, lane_frames=1000, overlap_frames=300, locate_frames=100,
-             locate_tokens=200, lanes_per_group=3)
+SMALL = dict(band=128, shift_frames=25, lane_frames=1000, overlap_frames=300, lanes_per_group=3)
 
 
 def peaky(num_tokens: int, gen: torch.Generator, *, lead: int = 0, tail: int = 40):
@@ -88,3 +87,14 @@ def test_no_path_when_the_text_is_longer_than_the_audio_allows() -> None:
     emissions, tokens = peaky(300, torch.Generator().manual_seed(2))
     graph = ctc_graph([tokens * 6], blank=0, pad_column=V + 1)
     assert best_path_in_lanes(emissions, graph, LaneOptions(**SMALL), {}) is None
+
+
+def test_a_band_too_narrow_for_the_path_is_widened() -> None:
+    """A band of 8 states cannot hold the path around the guess: it touches an edge, and the
+    search is run again with wider bands until it does not; the result is the exact path."""
+    emissions, tokens = peaky(600, torch.Generator().manual_seed(7), lead=300)
+    graph = ctc_graph([[V] + tokens + [V]], blank=0, pad_column=V + 1)
+    stats: dict = {}
+    lanes = best_path_in_lanes(emissions, graph, LaneOptions(**{**SMALL, "band": 8}), stats)
+    assert stats["band"] > 8
+    assert_same_alignment(emissions, graph, lanes, exact_path(emissions, graph), num_tokens=600)

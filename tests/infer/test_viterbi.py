@@ -145,7 +145,7 @@ def test_a_jump_passes_over_a_line_the_audio_lacks() -> None:
 
 def test_a_wide_band_is_the_exact_search_and_a_narrow_one_finds_the_same_path() -> None:
     """Peaky emissions of a 60-token transcript over 400 frames: bands of every state, and of
-    24 states moving every 8 frames, give the exact path; scores agree up to renormalisation."""
+    40 states moving every 8 frames along a straight guide, give the exact path."""
     gen = torch.Generator().manual_seed(3)
     tokens = torch.randint(1, NUM_COLUMNS, (60,), generator=gen).tolist()
     T = 400
@@ -160,10 +160,11 @@ def test_a_wide_band_is_the_exact_search_and_a_narrow_one_finds_the_same_path() 
     lengths = torch.tensor([T])
     exact = viterbi_forward(emissions, lengths, graph)
     path = backtrack(exact, graph, lengths, best_ends(exact.alpha, exact.lo, graph)[0])
-    wide = viterbi_forward(emissions, lengths, graph, width=10_000, shift_every=8)
+    guide = torch.linspace(0, graph.labels.shape[1] - 1, T).long()[None]  # (1, T) a straight line
+    wide = viterbi_forward(emissions, lengths, graph, width=10_000, shift_every=8, band_centres=guide)
     assert wide.alpha.shape[1] == graph.labels.shape[1]
-    narrow = viterbi_forward(emissions, lengths, graph, width=24, shift_every=8, beam=50.0)
-    assert narrow.alpha.shape[1] == 24
+    narrow = viterbi_forward(emissions, lengths, graph, width=40, shift_every=8, band_centres=guide)
+    assert narrow.alpha.shape[1] == 40
     for forward in (wide, narrow):
         assert (backtrack(forward, graph, lengths, best_ends(forward.alpha, forward.lo, graph)[0]) == path).all()
     entered = [t for t in range(1, T) if path[0, t] % 2 == 1 and path[0, t - 1] != path[0, t]]

@@ -97,10 +97,45 @@ def bench_align(args: argparse.Namespace) -> None:
             row("align", name, impl, "fp32", peak_mem_mb=result["peak_mb"], aligner_mem_mb=own,
                 seconds=result["seconds"], real_time_factor=result["seconds"] / duration,
                 share_of_emissions=share, **errors)
+        if minutes == args.minutes[0]:
+            _imperfect(args, work, name, frame, prompts, recording, duration)
         if args.torchaudio_python and minutes <= args.torchaudio_max_minutes:
             _compare_torchaudio(args, work, name, logits, recording.lines, rec.dictionary, duration)
     if args.base_seconds:
         _time_base_emissions(args, work, rec.sample_rate)
+
+
+def _imperfect(args: argparse.Namespace, work: Path, name: str, frame: float, prompts, recording,
+               duration: float) -> None:
+    """The same recording with a text that lacks every 5th prompt (untranscribed speech) and
+    has 3 lines that are not in the audio: the errors of the lines in both, and how many of
+    the 3 are reported missing (not found, or flagged by their score)."""
+    said = set(recording.lines)
+    extra = [p.text for p in prompts if p.text not in said][:3]
+    keep = [k for k in range(len(recording.lines)) if k % 5 != 4]
+    lines: list[str] = []
+    for n, k in enumerate(keep):
+        lines.append(recording.lines[k])
+        if n in (2, 6, 10) and extra:
+            lines.append(extra.pop())
+    (work / f"{name}.imperfect.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    truth = iter(recording.truth[k] for k in keep)
+    kept = set(recording.lines[k] for k in keep)
+    for impl in IMPLS:
+        result = _child(impl, work, name, frame, args, text=f"{name}.imperfect.txt")
+        if result is None:
+            continue
+        spans = [(s, next(truth) if line in kept else None) for line, s in zip(lines, result["spans"])]
+        truth = iter(recording.truth[k] for k in keep)
+        errors = _boundary_errors([s for s, t in spans if t], [t for s, t in spans if t])
+        missing = [s for s, t in spans if t is None]
+        caught = sum(s[0] is None or s[2] < AlignOptions.min_score for s in missing)
+        print(f"{'':7} {impl + ' (imperfect)':17} {result['seconds']:8.2f} {'':>8} {'':>8} {'':>8} "
+              f"{errors['start_median'] * 1e3:10.0f} / {errors['start_p95'] * 1e3:<8.0f}"
+              f"{errors['end_median'] * 1e3:8.0f} / {errors['end_p95'] * 1e3:<8.0f}"
+              f"{errors['found']:4d}/{len(keep)}  lines not in the audio reported: {caught}/{len(missing)}")
+        row("align", f"{name} imperfect", impl, "fp32", seconds=result["seconds"], extra_lines=len(missing),
+            extra_lines_reported=caught, untranscribed_prompts=len(recording.lines) - len(keep), **errors)
 
 
 def _boundary_errors(spans: list, truth: list[tuple[float, float]]) -> dict:
@@ -113,10 +148,11 @@ def _boundary_errors(spans: list, truth: list[tuple[float, float]]) -> dict:
                 end_bias=float(np.mean([s[1] - t[1] for s, t in found])), found=len(found))
 
 
-def _child(impl: str, work: Path, name: str, frame: float, args: argparse.Namespace) -> dict | None:
+def _child(impl: str, work: Path, name: str, frame: float, args: argparse.Namespace, *,
+           text: str | None = None) -> dict | None:
     """One aligner on the saved emissions, in a fresh interpreter (`-m` from ROOT: this package)."""
     cmd = [sys.executable, "-m", "wav2vec2.bench", "_align_child", "--impl", impl, "--work-dir", str(work),
-           "--name", name, "--frame", str(frame), "--threads", str(args.threads)]
+           "--name", name, "--text", text or f"{name}.txt", "--frame", str(frame), "--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("@@")]
     if not lines:
@@ -131,14 +167,15 @@ def child_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="bench.py _align_child", description="one aligner run (internal)")
     parser.add_argument("--impl", required=True, choices=IMPLS)
     parser.add_argument("--work-dir", required=True)
-    parser.add_argument("--name", required=True)
+    parser.add_argument("--name", required=True, help="the emissions: DIR/NAME.logits.npy")
+    parser.add_argument("--text", help="the lines, in DIR (default NAME.txt)")
     parser.add_argument("--frame", type=float, default=0.02)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir)
     logits = torch.from_numpy(np.load(work / f"{args.name}.logits.npy"))  # (T, V)
-    lines = (work / f"{args.name}.txt").read_text(encoding="utf-8").splitlines()
+    lines = (work / (args.text or f"{args.name}.txt")).read_text(encoding="utf-8").splitlines()
     dictionary = Dictionary.load(work / "dict.ltr.txt")
     if args.impl == "ctc-segmentation":
         import ctc_segmentation  # noqa: F401 - imported before the peak is reset, as torch is

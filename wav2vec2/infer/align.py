@@ -58,9 +58,9 @@ class AlignOptions:
     """A wildcard before, between and after the lines, for audio the text does not cover."""
     wildcard_penalty: float = -1.0
     """The wildcard's log-probability at a frame: the frame's best plus this."""
-    skip_penalty: float | None = -30.0
-    """The cost of passing over a line the audio lacks (a jump from one line's wildcard to the
-    next); None: every line must be found."""
+    skip_penalty: float | None = -3.0
+    """The cost, per token, of passing over a line the audio lacks (a jump from one line's
+    wildcard to the next); None: every line must be found."""
     min_score: float = 0.3
     """Lines scoring below this are flagged."""
     exact_limit: int = 1 << 28
@@ -83,9 +83,8 @@ def align_batch(logits: Tensor, lengths: Tensor, texts: list[AlignmentText], *, 
     options = options or AlignOptions()
     B, _, V = logits.shape
     emissions = emissions_of(logits, options.wildcard_penalty)  # (B, T, C)
-    jumps = [t.jumps if options.skip_penalty is not None else [] for t in texts]
-    graph = ctc_graph([t.tokens for t in texts], blank=BLANK, pad_column=V + 1, jumps=jumps,
-                      jump_score=options.skip_penalty or 0.0, device=logits.device)
+    jumps = [t.jumps(options.skip_penalty) if options.skip_penalty is not None else [] for t in texts]
+    graph = ctc_graph([t.tokens for t in texts], blank=BLANK, pad_column=V + 1, jumps=jumps, device=logits.device)
     forward = viterbi_forward(emissions, lengths, graph)
     ends, scores = best_ends(forward.alpha, forward.lo, graph)
     paths = backtrack(forward, graph, lengths, ends)  # (B, T)
@@ -111,8 +110,8 @@ def align_logits(logits: Tensor, text: AlignmentText, *, frame_seconds: float, o
                            files=[file])[0]
     emissions = emissions_of(logits, options.wildcard_penalty)  # (T, C)
     graph = ctc_graph([text.tokens], blank=BLANK, pad_column=V + 1,
-                      jumps=[text.jumps if options.skip_penalty is not None else []],
-                      jump_score=options.skip_penalty or 0.0, device=logits.device)
+                      jumps=[text.jumps(options.skip_penalty) if options.skip_penalty is not None else []],
+                      device=logits.device)
     path = best_path_in_lanes(emissions, graph, options.lanes)
     if path is None:
         raise ValueError(_too_short(file, text, T, frame_seconds))
@@ -140,8 +139,11 @@ def align_file(rec: Recognizer, path: str | os.PathLike, lines: list[str], optio
 def _too_short(file: str, text: AlignmentText, num_frames: int, frame_seconds: float) -> str:
     real = [c for c in text.tokens if c != text.wildcard_column]
     needed = len(real) + sum(a == b for a, b in zip(real, real[1:]))  # a blank between repeats
-    return (f"{file or 'the audio'}: cannot align {len(real)} tokens to {num_frames} frames of "
-            f"{frame_seconds * 1000:g} ms: the text needs at least {needed} frames; is it the right text?")
+    if needed > num_frames:
+        return (f"{file or 'the audio'}: cannot align {len(real)} tokens to {num_frames} frames of "
+                f"{frame_seconds * 1000:g} ms: the text needs at least {needed} frames; is it the right text?")
+    return (f"{file or 'the audio'}: no alignment of the text reached its end within the band of states "
+            f"searched; is it the right text? (--no-skip off and the wildcard on let lines be missing)")
 
 
 # ---------------------------------------------------------------- path -> spans

@@ -70,10 +70,11 @@ class AlignmentText:
     """Characters no symbol matched (skipped or read as the wildcard)."""
     wildcard_column: int
 
-    @property
-    def jumps(self) -> list[tuple[int, int]]:
-        """From each line's wildcard to the next, past the line between them."""
-        return [(i, j) for i, j in zip(self.line_wildcards, self.line_wildcards[1:]) if j > i + 1]
+    def jumps(self, per_token: float) -> list[tuple[int, int, float]]:
+        """From each line's wildcard to the next, past the line between them, at `per_token`
+        times its number of tokens (a long line costs more to leave out than a short one)."""
+        return [(i, j, per_token * (j - i - 1)) for i, j in zip(self.line_wildcards, self.line_wildcards[1:])
+                if j > i + 1]
 
     def normalized_line(self, index: int) -> list[str]:
         """Line `index`'s words as the dictionary spells them (for .wrd labels); a word with

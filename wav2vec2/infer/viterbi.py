@@ -16,14 +16,17 @@ them between lines):
   (`with_wildcard`): at each frame the best of the frame's columns plus a penalty, so a
   wildcard state reads any audio at a fixed cost per frame;
 - jumps: a state may also be entered from a state further back (`Graph.jump_from`) at a
-  fixed cost (`Graph.jump_score`), e.g. from one wildcard to the next, past a line of text
-  that the audio lacks.
+  cost (`Graph.jump_scores`), e.g. from one wildcard to the next, past a line of text that
+  the audio lacks.
 
-Bands, for long audio (`long.py`): instead of all S states, each row may keep a window of
-`width` consecutive states, `[lo, lo + width)`, which moves every `shift_every` frames so
-its best state sits a quarter of the way in; scores are renormalised to a best of 0 at the
-same frames and states more than `beam` below the best dropped. Without `width` every state
-is kept: the exact search, which the tests check against enumerating every path.
+Bands, for long audio (`align_long.py`): instead of all S states, each row may keep a window
+of `width` consecutive states, `[lo, lo + width)`, which moves every `shift_every` frames to
+centre on a guide (`band_centres`, a guess of the path's state at each frame); scores are
+renormalised to a best of 0 at the same frames. Not on the best state so far: with a model
+that is unsure of its letters, the best prefix is one that has read too little of the text
+(blanks are cheap, letters dear), and lags the final path by more than any band. Without
+`width` every state is kept: the exact search, which the tests check against enumerating
+every path.
 
 Ties go to the first move in the order stay, step, skip, jump.
 
@@ -59,25 +62,27 @@ class Graph:
     """(B,) long: 2L + 1 per row."""
     pad_column: int
     """The emission column of -inf that states past a row's end read."""
-    jump_score: float = 0.0
-    """Added to a path's score for each jump it takes (a log-probability, <= 0)."""
+    jump_scores: Tensor
+    """(B, S) float: added to a path's score when it jumps into the state (<= 0)."""
 
     @property
     def device(self) -> torch.device:
         return self.labels.device
 
 
-def ctc_graph(targets: list[list[int]], *, blank: int, pad_column: int, jumps: list[list[tuple[int, int]]] | None = None,
+def ctc_graph(targets: list[list[int]], *, blank: int, pad_column: int, jumps: list[list[tuple]] | None = None,
               jump_score: float = 0.0, device: torch.device | str = "cpu") -> Graph:
-    """The CTC states of each row's tokens (emission column ids). `jumps[b]` holds pairs
-    (i, j) of token positions, i < j: token j may be entered straight from token i.
-    `pad_column` is a column of -inf that the padding states read."""
+    """The CTC states of each row's tokens (emission column ids). `jumps[b]` holds (i, j) or
+    (i, j, score) of token positions i < j - 1: token j may be entered straight from token i,
+    at `score` (default `jump_score`). `pad_column` is a column of -inf that the padding
+    states read."""
     if not targets:
         raise ValueError("ctc_graph: no transcripts")
     S = 2 * max(len(t) for t in targets) + 1
     labels = torch.full((len(targets), S), pad_column, dtype=torch.long)
     skip_ok = torch.zeros(len(targets), S, dtype=torch.bool)
     jump_from = torch.full((len(targets), S), -1, dtype=torch.long)
+    jump_scores = torch.zeros(len(targets), S)
     for b, tokens in enumerate(targets):
         tokens_b = torch.tensor(tokens, dtype=torch.long)
         n = 2 * len(tokens) + 1
@@ -85,14 +90,15 @@ def ctc_graph(targets: list[list[int]], *, blank: int, pad_column: int, jumps: l
         labels[b, 1:n:2] = tokens_b  # odd states are tokens
         if len(tokens) > 1:  # token k (state 2k+1) may skip the blank before it if token k-1 differs
             skip_ok[b, 3:n:2] = tokens_b[1:] != tokens_b[:-1]
-        for i, j in (jumps[b] if jumps else ()):
+        for i, j, *score in (jumps[b] if jumps else ()):
             if not 0 <= i < j - 1 < len(tokens) - 1:  # j = i + 1 would be a skip
                 raise ValueError(f"ctc_graph: jump ({i}, {j}) of row {b} does not pass over a token of its "
                                  f"{len(tokens)}")
             jump_from[b, 2 * j + 1] = 2 * i + 1
+            jump_scores[b, 2 * j + 1] = score[0] if score else jump_score
     num_states = torch.tensor([2 * len(t) + 1 for t in targets], dtype=torch.long)
     return Graph(labels.to(device), skip_ok.to(device), jump_from.to(device), num_states.to(device), pad_column,
-                 jump_score)
+                 jump_scores.to(device))
 
 
 def with_wildcard(log_probs: Tensor, penalty: float) -> Tensor:
@@ -122,16 +128,17 @@ class Forward:
 
 def viterbi_forward(emissions: Tensor, lengths: Tensor, graph: Graph, *, width: int | None = None,
                     lo: Tensor | None = None, alpha: Tensor | None = None, first_frame: Tensor | None = None,
-                    shift_every: int | None = None, beam: float = math.inf, keep_backpointers: bool = True,
-                    snapshot_step: Tensor | None = None) -> Forward:
+                    shift_every: int | None = None, band_centres: Tensor | None = None,
+                    keep_backpointers: bool = True, snapshot_step: Tensor | None = None) -> Forward:
     """The forward pass over each row's first `lengths[b]` frames.
 
     Without `alpha`, each path starts at frame 0 in state 0 or 1. With `alpha` (B, W) the
     rows continue from scores at the frame before their first one, for the band starting at
     `lo` (zeros everywhere: a path may start in any state). Without `width` the band is every
     state. With `shift_every`, the band moves at the frames whose index `first_frame[b] + t`
-    is a multiple of it (so rows that cover the same frames move alike). `snapshot_step[b]`
-    asks for a copy of row b's band scores after that step.
+    is a multiple of it, to centre on `band_centres[b, t]` (B, N): rows that cover the same
+    frames with the same centres move alike. `snapshot_step[b]` asks for a copy of row b's
+    band scores after that step.
 
     Shape: emissions (B, N, C) log-probabilities, with the graph's columns; lengths (B,).
     """
@@ -170,7 +177,7 @@ def viterbi_forward(emissions: Tensor, lengths: Tensor, graph: Graph, *, width: 
     bounds = sorted({0, N, *shifts, *range(0, N, _BLOCK)})  # emissions are gathered a block at a time
     for t0, t1 in zip(bounds, bounds[1:]):
         if t0 in shifts:
-            scores[:, 2:] = band.shift(scores[:, 2:], shifts[t0], beam)
+            scores[:, 2:] = band.shift(scores[:, 2:], shifts[t0], band_centres[:, t0])
             if keep_backpointers:
                 band_starts[:, t0:] = band.lo[:, None]
         # (B, N, C) -> (B, t1 - t0, W): each band state's emission over the block
@@ -223,18 +230,14 @@ class _Band:
             source = g.jump_from.gather(1, states) - lo[:, None]  # (B, W) band index of the jump's origin
             ok = inside & (g.jump_from.gather(1, states) >= 0) & (source >= 0) & (source < self.width)
             self.jump_index = source.clamp(0, self.width - 1)
-            self.jump_penalty = torch.where(ok, g.jump_score, -math.inf)
+            self.jump_penalty = torch.where(ok, g.jump_scores.gather(1, states), -math.inf)
 
-    def shift(self, prev: Tensor, moving: Tensor, beam: float) -> Tensor:
-        """Renormalise the `moving` rows' scores (B, W) to a best of 0, drop states more than
-        `beam` below it, and move their bands so the best state sits a quarter of the way in."""
-        top = prev.max(dim=1, keepdim=True)  # (B, 1)
-        best_value = torch.where(torch.isfinite(top.values), top.values, 0.0)
-        normal = prev - best_value
-        if math.isfinite(beam):
-            normal = normal.masked_fill(normal < -beam, -math.inf)
-        new_lo = (self.lo + top.indices[:, 0] - self.width // 4).clamp(min=0)
-        new_lo = torch.minimum(new_lo, self.last_lo)
+    def shift(self, prev: Tensor, moving: Tensor, centres: Tensor) -> Tensor:
+        """Renormalise the `moving` rows' scores (B, W) to a best of 0 and move their bands to
+        centre on `centres` (B,)."""
+        top = prev.max(dim=1, keepdim=True).values  # (B, 1)
+        normal = prev - torch.where(torch.isfinite(top), top, 0.0)
+        new_lo = torch.minimum(band_start(centres, self.width), self.last_lo)
         new_lo = torch.where(moving, new_lo, self.lo)
         offset = (new_lo - self.lo)[:, None] + self.columns  # (B, W) old band index of each new one
         inside = (offset >= 0) & (offset < self.width)
@@ -242,6 +245,12 @@ class _Band:
         out = torch.where(moving[:, None], moved, prev)
         self.move(new_lo)
         return out
+
+
+def band_start(centres: Tensor, width: int) -> Tensor:
+    """The first state of bands of `width` centred on `centres` (not below 0; the caller caps
+    it at S - width)."""
+    return (centres - width // 2).clamp(min=0)
 
 
 def best_ends(alpha: Tensor, lo: Tensor, graph: Graph) -> tuple[Tensor, Tensor]:
