@@ -13,12 +13,14 @@ How:
 - Each aligner then runs on the saved emissions in a fresh process (`_align_child`), which
   reports its seconds and its peak RSS above the RSS it had with the emissions loaded (the
   aligner's own memory): the kernel's peak is reset once everything is imported and loaded
-  (/proc/self/clear_refs), so import-time peaks do not count. Ours is the exact search up to 2^28 backpointer bytes, lanes of a
-  band above; ctc-segmentation is its `prepare_token_list` + `ctc_segmentation` +
-  `determine_utterance_segments`, with our tokens.
+  (/proc/self/clear_refs), so import-time peaks do not count. Ours is the exact search up to
+  64 MiB of backpointers, lanes of a band above; ctc-segmentation is its `prepare_token_list`
+  + `ctc_segmentation` + `determine_utterance_segments`, with our tokens.
 - Boundary error: |aligned - true| start and end of every prompt, median and 95th percentile.
   ctc-segmentation cuts utterances in the pause between them by design (up to 0.5 s away
-  from the speech), so its errors measure where it cuts, not whether it found the line.
+  from the speech).
+- Imperfect text (the first recording): the text lacks every 5th prompt and has 3 lines the
+  audio does not: the errors of the lines in both, and how many of the 3 are reported.
 - torchaudio: its `forced_align` on the same emissions and targets (without wildcards, which
   it has no jumps for) against our exact search: frames on the same label, and both scores.
 """

@@ -63,9 +63,9 @@ class AlignOptions:
     wildcard to the next); None: every line must be found."""
     min_score: float = 0.3
     """Lines scoring below this are flagged."""
-    exact_limit: int = 1 << 28
-    """Bytes of backpointers (frames x states) up to which the search is exact; longer inputs
-    go to lanes of a band (`align_long.py`)."""
+    exact_limit: int = 1 << 26
+    """Bytes of backpointers (frames x states) up to which the search is exact (64 MiB: about
+    what a group of lanes keeps); longer inputs go to lanes of a band (`align_long.py`)."""
     lanes: LaneOptions = field(default_factory=LaneOptions)
 
 
@@ -143,7 +143,7 @@ def _too_short(file: str, text: AlignmentText, num_frames: int, frame_seconds: f
         return (f"{file or 'the audio'}: cannot align {len(real)} tokens to {num_frames} frames of "
                 f"{frame_seconds * 1000:g} ms: the text needs at least {needed} frames; is it the right text?")
     return (f"{file or 'the audio'}: no alignment of the text reached its end within the band of states "
-            f"searched; is it the right text? (--no-skip off and the wildcard on let lines be missing)")
+            f"searched; is it the right text? (lines the audio lacks can be passed over unless --no-skip)")
 
 
 # ---------------------------------------------------------------- path -> spans
