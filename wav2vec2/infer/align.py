@@ -58,7 +58,7 @@ class AlignOptions:
     """A wildcard before, between and after the lines, for audio the text does not cover."""
     wildcard_penalty: float = -1.0
     """The wildcard's log-probability at a frame: the frame's best plus this."""
-    skip_penalty: float | None = -3.0
+    skip_penalty: float | None = -6.0
     """The cost, per token, of passing over a line the audio lacks (a jump from one line's
     wildcard to the next); None: every line must be found."""
     min_score: float = 0.3
