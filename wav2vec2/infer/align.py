@@ -48,6 +48,9 @@ from wav2vec2.infer.transcribe import CONTEXT_SECONDS, WINDOW_SECONDS, frame_log
 from wav2vec2.infer.viterbi import backtrack, best_ends, ctc_graph, viterbi_forward, with_wildcard
 
 
+_EMISSION_BLOCK = 8192  # frames
+
+
 @dataclass
 class AlignOptions:
     unknown: str = "error"
@@ -70,9 +73,14 @@ class AlignOptions:
 
 
 def emissions_of(log_probs: Tensor, penalty: float) -> Tensor:
-    """Log-softmax of the model's outputs with the wildcard and padding columns appended.
-    Shape: (..., V) -> (..., V + 2)."""
-    return with_wildcard(log_probs.float().log_softmax(dim=-1), penalty)
+    """Log-softmax of the model's outputs with the wildcard and padding columns appended
+    (`viterbi.with_wildcard`), a block of frames at a time: no temporary copy of an hour's.
+    Shape: (..., T, V) -> (..., T, V + 2)."""
+    out = log_probs.new_empty(*log_probs.shape[:-1], log_probs.shape[-1] + 2, dtype=torch.float32)
+    for a in range(0, log_probs.shape[-2], _EMISSION_BLOCK):
+        block = log_probs[..., a:a + _EMISSION_BLOCK, :].float().log_softmax(dim=-1)
+        out[..., a:a + _EMISSION_BLOCK, :] = with_wildcard(block, penalty)
+    return out
 
 
 def align_batch(logits: Tensor, lengths: Tensor, texts: list[AlignmentText], *, frame_seconds: float,
