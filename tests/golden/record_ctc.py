@@ -8,7 +8,9 @@ audio with fixed transcripts, both through `scripts/train.py` as users run them,
 thread. The fine-tuning crosses the encoder freeze, an epoch boundary and two validations
 (WER/CER); the trace is every logged train and valid metric that is not a timing, and a
 SHA-256 of the final weights. Recorded before the one-loader refactor (issue #18), so that
-the loading path (`task.init`), the task and the loop are proved unchanged by it.
+the loading path (`task.init`), the task and the loop are proved unchanged by it;
+re-recorded when updates stopped spanning epoch boundaries (issue #20: update 5 is epoch
+1's 9th batch alone, and the pretrained model it starts from changed with it).
 `tests/tasks/test_golden.py` reruns it. Only re-record when a change is *meant* to
 alter the math, and say so in the commit.
 """

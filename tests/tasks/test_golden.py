@@ -5,7 +5,10 @@ refactor of #18). It was recorded before the task-interface
 refactor (#8) and re-recorded in #11 for changes meant to move the last bits or the random
 draws, each in its own commit: CPU dropout masks drawn as 16-bit integers (cpu_attention.py,
 dropout.py: same probability, other draws), logits as one matmul (rounding), fused AdamW
-(rounding). Before each re-recording, the code before the change reproduced the old trace.
+(rounding); and in #20 when an update stopped spanning an epoch boundary (fairseq's epochs:
+each trace now has a partial update at its epoch's end). Before each re-recording, the code
+before the change reproduced the old trace (#20: the new code with
+`optim.updates_span_epochs=true` reproduced both old traces bit for bit).
 
 Same code, same torch build and same CPU give identical floats. Another CPU (another model or
 feature flags, even of the same cloud kind: oneDNN chooses kernels by them) can legitimately

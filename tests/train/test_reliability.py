@@ -85,9 +85,9 @@ def _poison(trainer: Trainer, attempts: set[int] | None, how: str) -> list[int]:
     calls = {"attempt": 0}
     real_step = trainer.train_step
 
-    def step(micro):
+    def step(micro, **kw):
         calls["attempt"] += 1
-        return real_step(micro)
+        return real_step(micro, **kw)
 
     def loss(model, batch, **kw):
         seen.append(calls["attempt"])
@@ -123,15 +123,15 @@ def test_a_non_finite_update_is_skipped_counted_and_training_goes_on(
     around_skip = {}
     positions = []  # (epoch, position) of each attempt's batch
 
-    def step(micro):
+    def step(micro, **kw):
         positions.append([m[:2] for m in micro])
         if trainer.num_updates == 2 and not around_skip:
             around_skip["before"] = (_optimizer_state(trainer), copy.deepcopy(trainer.model.state_dict()))
-            out = real_step(micro)
+            out = real_step(micro, **kw)
             around_skip["after"] = (_optimizer_state(trainer), copy.deepcopy(trainer.model.state_dict()),
                                     trainer.num_updates, out)
             return out
-        return real_step(micro)
+        return real_step(micro, **kw)
 
     trainer.train_step = step
     with caplog.at_level(logging.WARNING, logger="wav2vec2"):

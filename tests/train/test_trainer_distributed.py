@@ -1,4 +1,5 @@
-"""Two gloo ranks x update_freq 2 == one process x update_freq 4, after 3 updates.
+"""Two gloo ranks x update_freq 2 == one process x update_freq 4, after 3 updates, and
+across an epoch's end where the two ranks' shares are uneven.
 
 Masks, negatives and Gumbel noise are seeded per global batch position, so they do not
 depend on which rank processes a batch; dropout (per-rank RNG) is switched off here.
@@ -30,7 +31,15 @@ def _worker(rank: int, world_size: int, port: int, cfg: TrainConfig, out: str) -
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)
     trainer = make_trainer(cfg)
+    real_step, stand_ins = trainer.train_step, []
+
+    def step(micro, *, stand_in=False):
+        stand_ins.append(stand_in)
+        return real_step(micro, stand_in=stand_in)
+
+    trainer.train_step = step
     trainer.fit()
+    Path(f"{out}.stand_ins{rank}").write_text(" ".join(str(i + 1) for i, s in enumerate(stand_ins) if s))
     if rank == 0:
         torch.save({k: v.clone() for k, v in trainer.model.state_dict().items()}, out)
     dist_utils.destroy()
@@ -61,8 +70,11 @@ def test_two_ranks_equal_one_process_on_the_same_batches(make_tiny_cfg, tmp_path
 
 
 # A small lr: CTC's large per-utterance gradients make float summation-order noise of the
-# 4-way vs 2x2-way sums visible in the weights at pretraining's lr of 0.005.
-CTC_SETUP = ["optim.max_update=3", "optim.lr=0.0002", "data.max_tokens=24000", "checkpoint.save_every=100",
+# 4-way vs 2x2-way sums visible in the weights at pretraining's lr of 0.005. 17 batches per
+# epoch: 9 for rank 0 and 8 for rank 1, so update 5 (the epoch's last, one batch) is rank
+# 0's ninth batch and a zero-weight stand-in on rank 1 (fairseq's dummy batch); update 6 is
+# in epoch 2.
+CTC_SETUP = ["optim.max_update=6", "optim.lr=0.0002", "data.max_tokens=24000", "checkpoint.save_every=100",
              "train.validate_every=0", "data.valid_subset=", "task.freeze_finetune_updates=1",
              "model.transformer.dropout=0", "model.transformer.activation_dropout=0", "model.transformer.layerdrop=0",
              # k_proj's bias has an exactly-zero true gradient (softmax ignores a shift shared by all
@@ -71,14 +83,18 @@ CTC_SETUP = ["optim.max_update=3", "optim.lr=0.0002", "data.max_tokens=24000", "
 
 
 def test_two_ranks_equal_one_process_for_ctc(make_ctc_cfg, tmp_path: Path) -> None:
-    """The same for CTC fine-tuning: sample size = utterances, a frozen first update, masks."""
+    """The same for CTC fine-tuning: sample size = utterances, a frozen first update, masks,
+    and an epoch's end where rank 1 has no batch left and runs a stand-in."""
     _, a, b = _one_process_and_two_ranks(make_ctc_cfg, CTC_SETUP, tmp_path)
     for name, tensor in a.items():
         torch.testing.assert_close(b[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     from wav2vec2.train import checkpoint as ckpt
 
+    stand_ins = [(tmp_path / f"double.pt.stand_ins{rank}").read_text() for rank in (0, 1)]
+    assert stand_ins == ["", "5"] and (tmp_path / "single.pt.stand_ins0").read_text() == ""
     state = load_checkpoint(tmp_path / "double" / ckpt.LAST)
-    assert state["task"] == "ctc" and state["world_size"] == 2 and state["num_updates"] == 3
+    assert state["task"] == "ctc" and state["world_size"] == 2 and state["num_updates"] == 6
+    assert state["data"]["epoch"] == 2
 
 
 def test_torchrun_through_the_entry_point(tiny_corpus: Path, tmp_path: Path) -> None:

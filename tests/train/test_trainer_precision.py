@@ -66,9 +66,9 @@ def test_forced_overflow_skips_the_update_without_advancing_the_schedule(make_ti
     steps = []
     original_step = run.train_step
 
-    def recording_step(micro):
+    def recording_step(micro, **kw):
         before = run.num_updates
-        out = original_step(micro)
+        out = original_step(micro, **kw)
         steps.append((before, run.num_updates, out is None))
         return out
 

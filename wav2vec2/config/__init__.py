@@ -34,6 +34,7 @@ from wav2vec2.config.training import (
     OptimConfig,
     PrecisionConfig,
     TrainConfig,
+    migrate_config_dict,
     validate,
     validate_schedule,
 )
@@ -42,6 +43,6 @@ __all__ = [
     "PRECISIONS", "PRESETS", "SCHEDULES", "CheckpointConfig", "DataConfig", "DistributedConfig",
     "FeatureEncoderConfig", "LoggingConfig", "LoopConfig", "LossConfig", "MaskingConfig", "ModelConfig",
     "OptimConfig", "PrecisionConfig", "QuantizerConfig", "TrainConfig", "TransformerConfig", "UpstreamConfig", "arch",
-    "architecture", "architecture_differences", "base", "demo", "large", "preset", "tiny", "validate",
-    "validate_schedule", "with_architecture",
+    "architecture", "architecture_differences", "base", "demo", "large", "migrate_config_dict", "preset", "tiny",
+    "validate", "validate_schedule", "with_architecture",
 ]

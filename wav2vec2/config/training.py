@@ -98,8 +98,20 @@ class OptimConfig:
     clip_norm: float = 0.0
     """Clip the global gradient norm to this; 0 disables clipping (the recipes' value)."""
     update_freq: int = 1
-    """Micro-batches accumulated per update on each rank. Leave at 1 when
-    `distributed.simulated_world_size` is set: it is then derived."""
+    """Micro-batches accumulated per update on each rank (fairseq `update_freq`). Leave at 1
+    when `distributed.simulated_world_size` is set: it is then derived."""
+    updates_span_epochs: bool = False
+    """False (fairseq): an update never spans an epoch boundary. fairseq groups each epoch's
+    batches into updates (`GroupedIterator(update_freq)` over one epoch), so the last update
+    of an epoch takes what is left, fewer than `update_freq` micro-batches (its gradient is
+    still the mean over what it saw), and on a set of fewer batches than one update, each
+    update is the whole epoch: every utterance at most once per update. A rank whose shard
+    of the epoch is one batch shorter (batches % ranks) runs a stand-in batch at zero weight
+    where the others run their last, as fairseq's dummy batch: no batch is dropped, and N
+    ranks x update_freq are one process x N*update_freq on the same batches.
+    True: this project before issue #20. The stream runs on across epochs, every update has
+    `update_freq` micro-batches, and the batches % ranks left over by sharding are skipped
+    each epoch (a different few each time) so that ranks stay even."""
 
 
 @dataclass
@@ -148,7 +160,14 @@ class CheckpointConfig:
     """Checkpoint files in `run_dir` and how a run starts from an earlier one."""
 
     save_every: int = 25_000
-    """Write `checkpoint_{update:08d}.pt` every this many updates (and `checkpoint_last`)."""
+    """Save every this many updates (fairseq `save_interval_updates`; BASE 25k), once
+    validation may start (`train.validate_after_updates`, as fairseq): `checkpoint_last`
+    and a snapshot `checkpoint_{update:08d}.pt`. Such a save validates too, as in fairseq,
+    unless it ends an epoch (then `train.validate_every_epochs` decides). 0: never by count."""
+    save_every_epochs: int = 1
+    """Save `checkpoint_last` at the end of every this many epochs (fairseq `save_interval`,
+    default 1). fairseq's recipes set `no_epoch_checkpoints`, so such a save writes no
+    numbered file of its own. 0: never at an epoch's end."""
     keep_last: int = 1
     """Interval snapshots kept on disk (fairseq keeps 1); 0 keeps all."""
     save_last_every: int = 0
@@ -182,13 +201,21 @@ class LoopConfig:
     """The training loop."""
 
     validate_every: int = 0
-    """Validate every this many updates (and always at the end); 0 = only at the end."""
-    validate_every_epoch: bool = True
-    """Also validate at the first update of every new epoch (fairseq validates per epoch)."""
+    """Validate every this many updates (fairseq `validate_interval_updates`); 0: never by
+    count. Whatever the cadence, the end of training always validates, and so does a save
+    by `checkpoint.save_every` within an epoch (fairseq's rule, `validate_and_save`)."""
+    validate_every_epochs: int = 1
+    """Validate at the end of every this many epochs (fairseq `validate_interval`, default
+    1); 0: never at an epoch's end. Replaces `validate_every_epoch` (true/false), which
+    configs written before issue #20 still load as 1/0 (`migrate_config_dict`)."""
     validate_after_updates: int = 0
-    """No validation before this many updates (fairseq `validate_after_updates`; the
-    low-resource fine-tuning recipes wait for the end of the encoder freeze); the end of
-    training always validates."""
+    """No validation, and no save by `checkpoint.save_every`, before this many updates
+    (fairseq `validate_after_updates`; the low-resource fine-tuning recipes wait for the end
+    of the encoder freeze); the end of training always validates."""
+    validate_at_start: bool = False
+    """Also validate before the first update of a fresh run: the starting point of a run that
+    continues a pretrained model (its health warnings compare with it; the continue_*
+    presets set it)."""
     max_valid_batches: int = 0
     """Cap on validation batches per rank (0 = the whole valid set)."""
     stop_at_update: int = 0
@@ -260,8 +287,12 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> TrainConfig:
         raise ValueError(f"optim.warmup_updates must be in [0, optim.max_update], got {o.warmup_updates}")
     if o.clip_norm < 0 or not math.isfinite(o.clip_norm):
         raise ValueError(f"optim.clip_norm must be >= 0 (0 = off), got {o.clip_norm}")
-    if cfg.checkpoint.save_every <= 0:
-        raise ValueError(f"checkpoint.save_every must be > 0, got {cfg.checkpoint.save_every}")
+    for key, value in (("checkpoint.save_every", cfg.checkpoint.save_every),
+                       ("checkpoint.save_every_epochs", cfg.checkpoint.save_every_epochs),
+                       ("train.validate_every", cfg.train.validate_every),
+                       ("train.validate_every_epochs", cfg.train.validate_every_epochs)):
+        if value < 0:
+            raise ValueError(f"{key} must be >= 0 (0 = never), got {value}")
     if cfg.train.max_consecutive_nonfinite < 0:
         raise ValueError(f"train.max_consecutive_nonfinite must be >= 0 (0 = stop at the first), "
                          f"got {cfg.train.max_consecutive_nonfinite}")
@@ -313,3 +344,19 @@ def validate_schedule(cfg: OptimConfig) -> None:
                        ("optim.final_lr_scale", cfg.final_lr_scale)):
         if not 0.0 < value <= 1.0:  # also rejects nan
             raise ValueError(f"{key} must be in (0, 1], got {value}")
+
+
+def migrate_config_dict(d: dict[str, Any]) -> dict[str, Any]:
+    """A stored config (a checkpoint's, a run's `config.yaml`) in its plain-dict form, with
+    the keys of earlier versions renamed to this schema's; the one place that knows them.
+    The input is left as it was.
+
+    - `train.validate_every_epoch` (before issue #20: validate at each new epoch, or not)
+      is `train.validate_every_epochs`: true is 1, false is 0.
+    """
+    train = d.get("train")
+    if not (isinstance(train, dict) and "validate_every_epoch" in train):
+        return d
+    train = dict(train)
+    train.setdefault("validate_every_epochs", int(bool(train.pop("validate_every_epoch"))))
+    return {**d, "train": train}

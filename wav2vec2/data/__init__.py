@@ -18,7 +18,7 @@ from wav2vec2.data.dataset import (
     pad_to_longest,
 )
 from wav2vec2.data.labels import Dictionary, read_label_file
-from wav2vec2.data.loader import BatchStream, build_dataloader
+from wav2vec2.data.loader import BatchStream, Update, build_dataloader, updates_per_epoch
 from wav2vec2.data.manifest import (
     ManifestSummary,
     build_manifest,
@@ -40,6 +40,7 @@ __all__ = [
     "ManifestSummary",
     "RawAudioDataset",
     "TokenBudgetBatchSampler",
+    "Update",
     "batch_by_size",
     "batch_seed",
     "build_dataloader",
@@ -50,6 +51,7 @@ __all__ = [
     "read_label_file",
     "read_manifest",
     "synth_utterance",
+    "updates_per_epoch",
     "write_manifest",
     "write_synthetic_corpus",
 ]

@@ -196,6 +196,10 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
             total -= total % self.num_replicas
         return range(self.rank, total, self.num_replicas)
 
+    def rank_batches(self, epoch: int) -> int:
+        """This rank's batches in a whole `epoch`, whatever has been consumed of it."""
+        return len(self._rank_positions(epoch))
+
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.epoch = epoch
@@ -230,7 +234,10 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
             "seed": self.seed,
             "num_replicas": self.num_replicas,
             "rank": self.rank,
-            "num_batches": len(self._rank_positions(self.epoch)),
+            "num_batches": self.rank_batches(self.epoch),
+            # every rank's: one rank's checkpoint restores all ranks, whose counts differ
+            # by one when batches are dealt unevenly (drop_last=False)
+            "epoch_batches": len(self.epoch_batches(self.epoch)),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -241,11 +248,14 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
                     "resuming mid-epoch needs the same batching settings"
                 )
         self.epoch = state["epoch"]
-        num_batches = len(self._rank_positions(self.epoch))
-        if state["num_batches"] != num_batches:
+        if "epoch_batches" in state:
+            saved, made = state["epoch_batches"], len(self.epoch_batches(self.epoch))
+        else:  # older checkpoints: the saving rank's count (equal on all ranks with drop_last)
+            saved, made = state["num_batches"], len(self._rank_positions(self.epoch))
+        if saved != made:
             raise ValueError(
-                f"sampler state had {state['num_batches']} batches in epoch {self.epoch}, "
-                f"this sampler makes {num_batches}: dataset or batching settings changed"
+                f"sampler state had {saved} batches in epoch {self.epoch}, "
+                f"this sampler makes {made}: dataset or batching settings changed"
             )
         self.num_batches_consumed = state["num_batches_consumed"]
         self._resume_at = self.num_batches_consumed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -90,13 +91,47 @@ def _ignore_interrupts(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-class BatchStream:
-    """Endless, resumable stream of this rank's training batches, epoch after epoch.
+def updates_per_epoch(num_batches: int, *, num_replicas: int, update_freq: int) -> int:
+    """Updates in an epoch of `num_batches` batches (all ranks'), when no update spans an
+    epoch boundary: each rank's shard is padded to ceil(num_batches / num_replicas) slots
+    (fairseq's `ShardedIterator` with its empty fill), cut into groups of `update_freq`
+    (`GroupedIterator`), the last one shorter."""
+    slots = -(-num_batches // num_replicas)
+    return -(-slots // update_freq)
 
-    Yields `(epoch, position, batch)`, where `position` is the batch's index in the
-    epoch's global (all-rank) batch order. DataLoader workers prefetch, so the sampler
-    cannot know how far training got; the stream counts the batches the trainer actually
-    *took*, and that count (with the epoch) is the position a checkpoint stores.
+
+@dataclass
+class Update:
+    """This rank's share of one optimizer update."""
+
+    micro_batches: list[tuple[int, int, dict[str, Any]]]
+    """(epoch, position, batch) of each micro-batch: `update_freq` of them, or fewer at the
+    end of an epoch; position is the batch's index in the epoch's global batch order."""
+    epoch: int
+    """The epoch of the update; when updates span epochs, the last epoch it finished, if
+    any, else that of its batches."""
+    end_of_epoch: bool
+    """The update took the last batch of its epoch (fairseq's `end_of_epoch`, which the
+    validation and snapshot cadence reads)."""
+    stand_in: bool = False
+    """This rank's shard has no batch left for the update (it is one batch shorter than
+    others'): `micro_batches` is one stand-in, the epoch's first batch, to run at zero weight
+    so that the rank joins the gradient all-reduce. fairseq's dummy batch."""
+
+
+class BatchStream:
+    """Endless, resumable stream of this rank's training updates, epoch after epoch.
+
+    `next_update()` gives this rank's micro-batches of one update; `next()` a single batch.
+    Each batch comes as `(epoch, position, batch)`, where `position` is the batch's index
+    in the epoch's global (all-rank) batch order. DataLoader workers prefetch, so the
+    sampler cannot know how far training got; the stream counts the batches the trainer
+    actually *took*, and that count (with the epoch) is the position a checkpoint stores.
+
+    With `spans_epochs` False (fairseq) the epoch's batches are grouped into updates within
+    the epoch; the sampler must then deal every batch (`drop_last=False`): rank r's k-th
+    slot is global batch r + k * num_replicas, and a slot past the last batch is empty,
+    the stand-in's. With True, updates take `update_freq` batches wherever they fall.
     """
 
     def __init__(
@@ -106,10 +141,17 @@ class BatchStream:
         *,
         seed: int,
         num_workers: int,
+        update_freq: int = 1,
+        spans_epochs: bool = True,
         pin_memory: bool = False,
         timeout: float = 0.0,
     ) -> None:
+        if not spans_epochs and sampler.drop_last:
+            raise ValueError("updates within epochs need a sampler that deals every batch (drop_last=False)")
         self.sampler = sampler
+        self.seed = seed
+        self.update_freq = update_freq
+        self.spans_epochs = spans_epochs
         self.loader = build_dataloader(
             dataset, sampler, seed=seed, num_workers=num_workers, pin_memory=pin_memory, timeout=timeout
         )
@@ -131,14 +173,55 @@ class BatchStream:
             self._start_epoch()
         batch = next(self._it, None)
         while batch is None:  # epoch finished: the next one starts at batch 0
-            self.epoch += 1
-            self.consumed = 0
+            self._next_epoch()
             self._start_epoch()
             batch = next(self._it, None)
         position = self.sampler.rank + self.consumed * self.sampler.num_replicas
         self.consumed += 1
         self.sampler.mark_consumed()
         return self.epoch, position, batch
+
+    def _next_epoch(self) -> None:
+        self.epoch += 1
+        self.consumed = 0
+        self._it = None
+
+    def next_update(self) -> Update:
+        """This rank's micro-batches of the next update."""
+        if self.spans_epochs:
+            micro, ended = [], []
+            for _ in range(self.update_freq):
+                micro.append(self.next())
+                if self.consumed == self.sampler.rank_batches(self.epoch):
+                    ended.append(self.epoch)
+            return Update(micro, epoch=ended[-1] if ended else self.epoch, end_of_epoch=bool(ended))
+        num_batches = len(self.sampler.epoch_batches(self.epoch))
+        if num_batches == 0:
+            raise ValueError("the training set makes no batch: add data or lower data.required_batch_size_multiple")
+        rank, replicas = self.sampler.rank, self.sampler.num_replicas
+        slots = -(-num_batches // replicas)
+        if self.consumed >= slots:  # resumed at the very end of an epoch
+            self._next_epoch()
+            return self.next_update()
+        group = range(self.consumed, min(self.consumed + self.update_freq, slots))
+        epoch = self.epoch
+        micro = [self.next() for slot in group if rank + slot * replicas < num_batches]
+        stand_in = not micro
+        if stand_in:
+            micro = [self._stand_in(epoch)]
+        end_of_epoch = group.stop == slots
+        if end_of_epoch:
+            self._next_epoch()
+            self.sampler.set_epoch(self.epoch)  # so that a checkpoint now stores the next epoch
+        return Update(micro, epoch=epoch, end_of_epoch=end_of_epoch, stand_in=stand_in)
+
+    def _stand_in(self, epoch: int) -> tuple[int, int, dict[str, Any]]:
+        """The epoch's first batch (global position 0), read here: what a rank without a
+        batch runs at zero weight. Its replaced files, if any, are its owner's to report."""
+        indices = self.sampler.epoch_batches(epoch)[0].tolist()
+        batch = self.loader.dataset[(batch_seed(self.seed, epoch, 0, stream=STREAM_CROP), indices)]
+        batch.pop("bad_files", None)
+        return epoch, 0, batch
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "consumed": self.consumed, "sampler": self.sampler.state_dict()}

@@ -20,6 +20,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from wav2vec2.config import ModelConfig
@@ -64,6 +65,9 @@ class LoadedModel:
     """This project's checkpoints: the run's whole config as a plain dict (data, task...)."""
     num_updates: int | None = None
     """Updates the source was trained for, if it records them."""
+    optimizer_state: dict[str, dict[str, Tensor]] | None = field(default=None, repr=False)
+    """Adam's moments, when the source carries them (this project's checkpoints, fairseq's):
+    {our parameter name: {"step", "exp_avg", "exp_avg_sq"}}, for continuing pretraining."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -144,3 +148,30 @@ def kind_of_weights(weights: dict[str, Any]) -> str | None:
         return None
     heads = [any(k.startswith(module) for k in keys) for module in PRETRAINING_MODULES]
     return PRETRAINING if all(heads) else ENCODER if not any(heads) else None
+
+
+def moments_by_name(names: list[str], shapes: list[tuple[int, ...]], state: dict[Any, dict[str, Any]],
+                    ) -> dict[str, dict[str, Tensor]] | None:
+    """Adam's per-parameter state (`{index: {"step", "exp_avg", "exp_avg_sq"}}`, indices in
+    the optimizer's parameter order = `names`) as {name: moments}. Also reads the one flat
+    state fairseq's FP16Optimizer keeps for all parameters concatenated in that order. None
+    when the state fits neither (another optimizer, other parameters)."""
+    entries = [v for v in state.values() if isinstance(v, dict) and "exp_avg" in v and "exp_avg_sq" in v]
+    if not entries or len(entries) != len(state):
+        return None
+    numels = [int(torch.Size(shape).numel()) for shape in shapes]
+    if len(state) == 1 and len(names) > 1 and entries[0]["exp_avg"].numel() == sum(numels):
+        flat = entries[0]
+        pieces = {key: torch.split(flat[key].reshape(-1), numels) for key in ("exp_avg", "exp_avg_sq")}
+        return {name: {"step": flat.get("step", 0), "exp_avg": pieces["exp_avg"][i].view(shape),
+                       "exp_avg_sq": pieces["exp_avg_sq"][i].view(shape)}
+                for i, (name, shape) in enumerate(zip(names, shapes))}
+    if sorted(state) != list(range(len(names))):
+        return None
+    out = {}
+    for i, (name, shape) in enumerate(zip(names, shapes)):
+        moments = state[i]
+        if tuple(moments["exp_avg"].shape) != tuple(shape):
+            return None
+        out[name] = {"step": moments.get("step", 0), "exp_avg": moments["exp_avg"], "exp_avg_sq": moments["exp_avg_sq"]}
+    return out

@@ -10,11 +10,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
 from wav2vec2.config import ModelConfig
 from wav2vec2.data.labels import Dictionary
-from wav2vec2.interop.loaded import CTC, ENCODER, PRETRAINING, LoadedModel, kind_of_weights
+from wav2vec2.interop.loaded import CTC, ENCODER, PRETRAINING, LoadedModel, kind_of_weights, moments_by_name
+from wav2vec2.model.wav2vec2 import Wav2Vec2Model
 
 TASK_KINDS = {"pretrain": PRETRAINING, "ctc": CTC}
 """A run's task -> the kind of model its checkpoints hold."""
@@ -58,10 +60,24 @@ def read_ours(path: str | Path, state: Mapping[str, Any]) -> LoadedModel:
         dictionary = Dictionary.from_symbols(list(symbols)) if symbols else None
     normalize = data.get("normalize")
     num_updates = state.get("num_updates")
+    moments = _moments(state.get("optimizer"), cfg, kind) if kind != CTC else None
     return LoadedModel(
         kind, cfg, dict(weights), normalize=None if normalize is None else bool(normalize),
         sample_rate=int(data.get("sample_rate", 16000)), dictionary=dictionary,
         final_dropout=float(task_cfg.get("final_dropout", 0.0)) if kind == CTC else 0.0,
         format="wav2vec2", origin="wav2vec2 checkpoint", path=str(path), training=dict(run),
-        num_updates=int(num_updates) if num_updates is not None else None,
+        num_updates=int(num_updates) if num_updates is not None else None, optimizer_state=moments,
     )
+
+
+def _moments(optimizer: Any, cfg: ModelConfig, kind: str) -> dict[str, dict] | None:
+    """The trainer's Adam state by parameter name. Its optimizer holds the model's trainable
+    parameters in `named_parameters()` order, in one group (`train/optim.py: build_optimizer`)."""
+    if not isinstance(optimizer, Mapping) or not isinstance(optimizer.get("state"), Mapping):
+        return None
+    with torch.device("meta"):
+        model = Wav2Vec2Model(cfg)
+    if kind == ENCODER:
+        model.remove_pretraining_modules()
+    params = [(name, tuple(p.shape)) for name, p in model.named_parameters() if p.requires_grad]
+    return moments_by_name([n for n, _ in params], [s for _, s in params], dict(optimizer["state"]))

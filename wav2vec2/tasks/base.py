@@ -11,7 +11,8 @@ What the loop calls, in this order:
 
 1. `prepare()`, before anything else (it may fix `cfg.model`'s architecture from a
    pretrained model); then `build_model()` under `torch.manual_seed(seed)`, so every rank
-   builds the same weights, and `has_unused_parameters()` for DDP.
+   builds the same weights, and `has_unused_parameters()` for DDP. A fresh run (nothing
+   to resume) then loads `carried_moments()` into the optimizer, if the task has any.
 2. `build_dataset(data.train_subset)`, then `build_dataset(data.valid_subset)` if set.
 3. `load_state_dict(...)` when the run resumes or continues from a checkpoint.
 4. Each update, for each micro-batch: `loss(model, batch, ...)`; the loop back-propagates
@@ -64,7 +65,7 @@ import torch
 from torch import Tensor, nn
 
 from wav2vec2.data import RawAudioDataset
-from wav2vec2.config import TrainConfig
+from wav2vec2.config import ModelConfig, TrainConfig
 
 
 RESERVED = frozenset({
@@ -76,6 +77,21 @@ RESERVED = frozenset({
 })
 """Names the loop writes itself: a task's sums and metrics must not use them, nor
 `best_{best_metric}` (validation rows), or the loop raises ValueError naming the name."""
+
+
+def check_architecture_overrides(model: ModelConfig, source: ModelConfig, overrides: tuple[str, ...], *,
+                                 where: str) -> None:
+    """Raise ValueError, naming the field, if an architecture field the user set explicitly
+    (`overrides`: dotted names under `model.`) differs from `source`'s: the architecture comes
+    from `where` (a task's init), whose weights would not load into another."""
+    for name in overrides:
+        ours, theirs = model, source
+        for part in name.split("."):
+            ours, theirs = getattr(ours, part), getattr(theirs, part)
+        if (list(ours) if isinstance(ours, (list, tuple)) else ours) != (
+                list(theirs) if isinstance(theirs, (list, tuple)) else theirs):
+            raise ValueError(f"model.{name}={ours} contradicts the architecture of {where} (model.{name}={theirs}): "
+                             "the architecture comes from task.init; drop the override")
 
 
 @dataclass
@@ -122,9 +138,13 @@ class Task:
     console: ClassVar[tuple[tuple[str, str, str], ...]] = (("loss", "loss", ".3f"),)
     """(metric, label, format) of the short console line, before lr, throughput and ETA."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, *, architecture_overrides: tuple[str, ...] = ()) -> None:
+        """`architecture_overrides`: the architecture fields (dotted, under `model.`) the
+        user set explicitly; a task whose `task.init` fixes the architecture refuses those
+        that contradict it (`check_architecture_overrides`)."""
         self.cfg = cfg
         self.task_cfg = cfg.task
+        self.architecture_overrides = tuple(architecture_overrides)
 
     # ------------------------------------------------------------------ building
     def prepare(self) -> None:
@@ -134,6 +154,12 @@ class Task:
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError
+
+    def carried_moments(self) -> dict[str, Tensor] | None:
+        """Adam's moments to start from, by parameter name (`{name: {"step", "exp_avg",
+        "exp_avg_sq"}}`), when a fresh run continues a pretrained model's training; None by
+        default. The loop loads them once, never over a resumed run's own."""
+        return None
 
     def build_dataset(self, subset: str) -> RawAudioDataset:
         raise NotImplementedError

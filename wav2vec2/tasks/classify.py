@@ -71,8 +71,8 @@ class ClassifyTask(Task):
     interval_weights = {"loss": "utterances", "accuracy": "utterances"}
     console = (("loss", "loss", ".3f"), ("accuracy", "acc", ".3f"))
 
-    def __init__(self, cfg: TrainConfig) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: TrainConfig, *, architecture_overrides: tuple[str, ...] = ()) -> None:
+        super().__init__(cfg, architecture_overrides=architecture_overrides)
         if cfg.data.max_sample_size:
             raise ValueError(f"data.max_sample_size must be 0 for classification (got {cfg.data.max_sample_size}): "
                              "the utterance is classified whole")
@@ -102,7 +102,7 @@ class ClassifyTask(Task):
         self.task_cfg.classes = list(self.classes)  # so the run's config.yaml lists them
         log.info("%d classes: %s", len(self.classes), " ".join(self.classes))
         if self.task_cfg.init:
-            self._init_weights = load_init(self.task_cfg.init, self.cfg)
+            self._init_weights = load_init(self.task_cfg.init, self.cfg, self.architecture_overrides)
         self._prepared = True
 
     # ------------------------------------------------------------------ building

@@ -81,10 +81,11 @@ class CtcTask(Task):
     console = (("loss_per_token", "loss/letter", ".3f"), ("blank_frac", "blank", ".3f"), ("wer", "WER", ".2f"),
                ("cer", "CER", ".2f"))
 
-    def __init__(self, cfg: TrainConfig, *, dictionary: Dictionary | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, *, dictionary: Dictionary | None = None,
+                 architecture_overrides: tuple[str, ...] = ()) -> None:
         """`dictionary`: the vocabulary of a trained model (from its checkpoint); by default
         it is read from `task.dictionary` / `dict.{labels}.txt`."""
-        super().__init__(cfg)
+        super().__init__(cfg, architecture_overrides=architecture_overrides)
         t, d = self.task_cfg, cfg.data
         if d.max_sample_size:
             raise ValueError(f"data.max_sample_size must be 0 for CTC fine-tuning (got {d.max_sample_size}): "
@@ -111,7 +112,7 @@ class CtcTask(Task):
             self._dictionary = Dictionary.load(self.dictionary_path)
         if t.init:
             # The shapes come from the pretrained model, everything else from this config.
-            self._init_weights = load_init(t.init, self.cfg)
+            self._init_weights = load_init(t.init, self.cfg, self.architecture_overrides)
         self._prepared = True
 
     @property

@@ -22,9 +22,10 @@ from torch import nn
 
 from wav2vec2.data import RawAudioDataset
 from wav2vec2.model.losses import LN2, pretraining_loss
-from wav2vec2.model.quantizer import gumbel_temperature
+from wav2vec2.config import with_architecture
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
-from wav2vec2.tasks.base import LossOutput, Panel, Task
+from wav2vec2.tasks.base import LossOutput, Panel, Task, check_architecture_overrides
+from wav2vec2.tasks.continuation import Continuation, temperature
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,39 @@ log = logging.getLogger(__name__)
 @dataclass
 class PretrainTaskConfig:
     """Pretraining: the model, losses and Gumbel schedule are in `model`; this section
-    holds how a run is judged (README, "What a healthy run looks like")."""
+    holds where a continued run starts from and how a run is judged (README, "What a
+    healthy run looks like")."""
 
     name: str = "pretrain"
     """The task; chosen by the preset's `task: pretrain` default, not set by hand."""
+    init: str = ""
+    """Continue pretraining from this model: anything the loader reads (this project's
+    checkpoint, a fairseq wav2vec 2.0 checkpoint, a local transformers
+    `Wav2Vec2ForPreTraining` directory). Its architecture replaces `model`'s and all its
+    weights are the start; what else carries over is below and in the run's first log
+    lines (`tasks/continuation.py`). "" pretrains from random weights."""
+    init_fresh_heads: bool = False
+    """Accept a source without the quantizer and projections (transformers' `Wav2Vec2Model`,
+    a CTC model) and start those from random weights. Off, such a source is refused: fresh
+    codebooks are new targets the encoder never predicted, so the run starts near chance and
+    the early, large gradients can wash out what the encoder knew."""
+    init_optimizer: bool = False
+    """Start Adam from the source's moments (this project's and fairseq's checkpoints carry
+    them). Off: they describe another data set and a decayed lr, and restoring everything is
+    what left fairseq#3661's continued runs stuck; fresh moments under a warm-up are safer."""
+    init_temperature: str = "continue"
+    """"continue": the Gumbel temperature goes on from the source's update count (at its
+    floor when the source does not record it, as transformers directories do): the codebooks
+    were trained cold, and a hot restart re-randomises the targets the encoder learned to
+    predict. "restart": anneal again from `model.quantizer.max_temp`."""
+    continue_window: int = 3
+    """Continued runs: a warning needs this many validations in a row beyond its threshold."""
+    continue_loss_rise: float = 0.05
+    """...validation contrastive loss this many bits above its value at update 0 (fairseq#3834)..."""
+    continue_code_drop: float = 0.5
+    """...code perplexity down this fraction of the way from its value at update 0 to G..."""
+    continue_diversity_rise: float = 1.5
+    """...or the diversity loss above this multiple of its value at update 0."""
     chance_margin: float = 0.05
     """"At chance": the contrastive loss within this many bits of log2(K+1)."""
     not_learning_after: float = 0.25
@@ -66,8 +96,36 @@ class PretrainTask(Task):
     console = (("contrastive", "contrastive", ".3f"), ("accuracy", "accuracy", ".3f"),
                ("code_perplexity", "code ppl", ".1f"), ("temperature", "temp", ".3f"))
 
+    def __init__(self, cfg: Any, **kwargs: Any) -> None:
+        super().__init__(cfg, **kwargs)
+        self.continuation: Continuation | None = None
+        self.temperature_offset: int | None = 0
+        """Updates of an earlier run's Gumbel anneal before this run's first (None: at its floor)."""
+
+    def prepare(self) -> None:
+        """With `task.init`, read the source: its architecture replaces `model`'s."""
+        if not self.task_cfg.init or self.continuation is not None:
+            return
+        self.continuation = Continuation(self.task_cfg, optim_cfg=self.cfg.optim)
+        check_architecture_overrides(self.cfg.model, self.continuation.config, self.architecture_overrides,
+                                     where=self.task_cfg.init)
+        self.cfg.model = with_architecture(self.cfg.model, self.continuation.config)
+        self.temperature_offset = self.continuation.temperature_offset()
+
     def build_model(self) -> nn.Module:
-        return Wav2Vec2Model(self.cfg.model)
+        model = Wav2Vec2Model(self.cfg.model)
+        if self.continuation is not None:
+            num_tensors = self.continuation.load_into(model)
+            for line in self.continuation.report(num_tensors, self.cfg.model.quantizer):
+                log.info("%s", line)
+        return model
+
+    def carried_moments(self) -> dict[str, Any] | None:
+        return None if self.continuation is None else self.continuation.moments()
+
+    def temperature(self, num_updates: int) -> float:
+        """The Gumbel temperature of the update after `num_updates` of this run."""
+        return temperature(num_updates, self.cfg.model.quantizer, self.temperature_offset)
 
     def build_dataset(self, subset: str) -> RawAudioDataset:
         d = self.cfg.data
@@ -84,8 +142,7 @@ class PretrainTask(Task):
     def loss(
         self, model: nn.Module, batch: dict[str, Any], *, num_updates: int, generator: torch.Generator
     ) -> LossOutput:
-        temperature = gumbel_temperature(num_updates, self.cfg.model.quantizer)
-        out = model(batch["source"], padding_mask=batch.get("padding_mask"), temperature=temperature,
+        out = model(batch["source"], padding_mask=batch.get("padding_mask"), temperature=self.temperature(num_updates),
                      generator=generator)
         loss = pretraining_loss(out, self.cfg.model.loss)
         frames = out.time_mask.numel() if out.padding_mask is None else (~out.padding_mask).sum()
@@ -125,7 +182,7 @@ class PretrainTask(Task):
             # the share of negatives equal to their positive (masked to -inf) behind it.
             "chance_accuracy": sums["chance_correct"] / n,
             "identical_negatives": sums["identical_negatives"] / (n * self.cfg.model.num_negatives),
-            "temperature": gumbel_temperature(num_updates, self.cfg.model.quantizer),
+            "temperature": self.temperature(num_updates),
         }
 
     # ------------------------------------------------------------------ judging a run
@@ -212,4 +269,46 @@ class PretrainTask(Task):
                 f"(log2(K+1) = {self.chance_bits:.3f}) at update {record['num_updates']}; lower "
                 "optim.lr or raise the batch (optim.update_freq) (fairseq issues #3661, #3718)"
             )
+        if self.task_cfg.init and record["split"] == "valid":
+            warnings += self._continuation_health([r for r in history if r["split"] == "valid"])
         return warnings
+
+    def _continuation_health(self, valid: list[dict[str, Any]]) -> list[str]:
+        """A continued run starts far below chance, so leaving chance says nothing; what goes
+        wrong is that it unlearns. Measured against its first validation (update 0 when
+        `train.validate_at_start`, as the continue_* presets do), over the last
+        `continue_window` validations: the contrastive loss rising above where it started
+        (fairseq#3834), code perplexity falling toward G, the diversity loss climbing."""
+        t, G = self.task_cfg, self.cfg.model.quantizer.num_codebooks
+        if len(valid) < 1 + t.continue_window:
+            return []
+        start, recent = valid[0], valid[-t.continue_window:]
+        at = f"in the last {t.continue_window} validations (update {recent[0]['num_updates']} on)"
+        warnings = []
+        if all(r["contrastive"] > start["contrastive"] + t.continue_loss_rise for r in recent):
+            warnings.append(
+                f"continued run unlearning: validation contrastive loss {recent[-1]['contrastive']:.3f} bits is above "
+                f"its starting {start['contrastive']:.3f} {at}; lower optim.lr (a continued run wants a smaller peak "
+                "than one from scratch) or lengthen optim.warmup_updates, and check that data.normalize is the "
+                "source's (fairseq#3834)")
+        floor = start["code_perplexity"] - t.continue_code_drop * (start["code_perplexity"] - G)
+        if all(r["code_perplexity"] < floor for r in recent):
+            warnings.append(
+                f"continued run's codebooks narrowing: code perplexity {recent[-1]['code_perplexity']:.1f}, from "
+                f"{start['code_perplexity']:.1f} at the start toward G={G}, {at}; lower optim.lr, raise "
+                "model.loss.diversity_weight, and keep task.init_temperature=continue")
+        if all(r["diversity"] > t.continue_diversity_rise * start["diversity"] for r in recent):
+            warnings.append(
+                f"continued run's diversity loss climbing: {recent[-1]['diversity']:.4f}, "
+                f"{t.continue_diversity_rise:g}x its starting {start['diversity']:.4f}, {at}: fewer codebook "
+                "entries in use; lower optim.lr or raise model.loss.diversity_weight")
+        return warnings
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        # A continued run's temperature offset travels with it (a fresh run keeps no state).
+        return {"temperature_offset": self.temperature_offset} if self.task_cfg.init else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "temperature_offset" in state:
+            self.temperature_offset = state["temperature_offset"]

@@ -11,7 +11,7 @@ from torch import Tensor
 from wav2vec2.config import ModelConfig, TrainConfig, with_architecture
 from wav2vec2.interop.load import load_model
 from wav2vec2.model.upstream import hidden_state_indices
-from wav2vec2.tasks.base import Panel
+from wav2vec2.tasks.base import Panel, check_architecture_overrides
 
 FORWARDS = "forwards"
 """The sum counting forwards, by which the summed weights are averaged."""
@@ -52,11 +52,12 @@ def layer_weight_panels(cfg: ModelConfig) -> list[Panel]:
                   references=((1.0 / len(states), "uniform (the initial weights)"),), ylabel="weight")]
 
 
-def load_init(init: str, cfg: TrainConfig) -> dict[str, Tensor]:
+def load_init(init: str, cfg: TrainConfig, overrides: tuple[str, ...] = ()) -> dict[str, Tensor]:
     """The encoder weights of the model at `init` (any format `load_model` reads: this
     project's checkpoints, fairseq's, a transformers directory), fixing `cfg.model`'s
     architecture to its own; errors name `task.init`. Everything but the architecture
-    (dropouts, masking, `upstream`) stays this run's."""
+    (dropouts, masking, `upstream`) stays this run's; an architecture field the user set
+    (`overrides`, `Task.architecture_overrides`) that contradicts the model's is an error."""
     try:
         pretrained = load_model(init)
     except (FileNotFoundError, ValueError) as err:
@@ -65,5 +66,6 @@ def load_init(init: str, cfg: TrainConfig) -> dict[str, Tensor]:
         raise ValueError(
             f"data.normalize={cfg.data.normalize} but {init} was pretrained with normalize={pretrained.normalize}: "
             "fine-tune with the normalisation the model was pretrained with (fairseq asserts the same)")
+    check_architecture_overrides(cfg.model, pretrained.config, overrides, where=init)
     cfg.model = with_architecture(cfg.model, pretrained.config)
     return pretrained.encoder_weights()

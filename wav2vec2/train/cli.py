@@ -37,7 +37,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from wav2vec2.config import PRESETS, TrainConfig
+from wav2vec2.config import PRESETS, ModelConfig, TrainConfig, architecture
 from wav2vec2.tasks import TASKS, build_task, config_from_dict
 from wav2vec2.train.checkpoint import CheckpointWriteError
 from wav2vec2.train.distributed import CollectiveTimeoutError
@@ -151,6 +151,21 @@ def check_overrides(args: list[str]) -> str | None:
     return None
 
 
+def architecture_overrides(args: list[str]) -> tuple[str, ...]:
+    """The architecture fields (dotted, under `model.`) that `key=value` arguments set: each
+    `model.FIELD=...` that is one, and all of them for `model=PRESET`. A task whose init
+    fixes the architecture refuses those that contradict it."""
+    fields = list(architecture(ModelConfig()))
+    found: list[str] = []
+    for arg in args:
+        key = arg.split("=", 1)[0].lstrip("+~") if "=" in arg and not arg.startswith("-") else ""
+        if key == "model":
+            found += fields
+        elif key.startswith("model.") and key[len("model."):] in fields:
+            found.append(key[len("model."):])
+    return tuple(dict.fromkeys(found))
+
+
 def _check_preset(args: list[str]) -> str | None:
     """An error message if `--config-name NAME` (or `-cn NAME`, `--config-name=NAME`) names no
     preset of configs/ (unless `--config-dir` adds another directory), with the closest one."""
@@ -183,7 +198,7 @@ register_configs()
 def _train(cfg: DictConfig) -> None:
     try:
         train_cfg = to_train_config(cfg)
-        trainer = Trainer(train_cfg, build_task(train_cfg))
+        trainer = Trainer(train_cfg, build_task(train_cfg, architecture_overrides=architecture_overrides(sys.argv[1:])))
         trainer.fit()
     except MissingMandatoryValue as err:
         key = getattr(err, "full_key", "") or str(err).split(":")[-1].strip()

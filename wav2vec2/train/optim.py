@@ -9,6 +9,7 @@ checkpoint and a skipped fp16 update cannot advance it by accident.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,6 +31,28 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
         weight_decay=cfg.weight_decay,
         fused=True,
     )
+
+
+def load_moments(optimizer: torch.optim.Optimizer, model: nn.Module, moments: dict[str, dict[str, Any]]) -> int:
+    """Give `optimizer` (`build_optimizer`'s) Adam's state from `moments` ({parameter name:
+    {"step", "exp_avg", "exp_avg_sq"}}, e.g. a pretrained model's): parameters it names get
+    their moments and step count, the others start fresh. Returns how many were given.
+    A shape that differs from the parameter's is an error naming it."""
+    index = {id(p): i for i, p in enumerate(optimizer.param_groups[0]["params"])}
+    state = {}
+    for name, p in model.named_parameters():
+        if name not in moments or id(p) not in index:
+            continue
+        m = moments[name]
+        for key in ("exp_avg", "exp_avg_sq"):
+            if tuple(m[key].shape) != tuple(p.shape):
+                raise ValueError(f"Adam's {key} of {name} has shape {tuple(m[key].shape)}, the parameter "
+                                 f"{tuple(p.shape)}")
+        state[index[id(p)]] = {"step": torch.tensor(float(m["step"]), dtype=torch.float32),
+                               "exp_avg": m["exp_avg"].to(p.dtype), "exp_avg_sq": m["exp_avg_sq"].to(p.dtype)}
+    saved = optimizer.state_dict()
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    return len(state)
 
 
 def lr_at(num_updates: int, cfg: OptimConfig) -> float:

@@ -1,11 +1,13 @@
-"""Where a run starts from, and whether a checkpoint fits it.
+"""Where a run starts from, whether a checkpoint fits it, and restoring it.
 
 A run resumes from the newest checkpoint of its own run directory (everything restored),
 else starts from `checkpoint.continue_from` with that section's resets (the RNG streams
-always restart), else starts fresh. Before anything of a checkpoint is used, it must be of
-this run's task, its config must fit today's schema, and its architecture must be this
-run's; other model settings (dropout, masking...) may change, with a warning. What a
-checkpoint holds, and how it is loaded, is `Trainer.state_dict` / `Trainer.load_state_dict`.
+always restart), else starts fresh: from the weights its task built (a pretrained model's
+through `task.init`), and from Adam's moments the task carries over (`Task.carried_moments`,
+continued pretraining with `task.init_optimizer`). Before anything of a checkpoint is used,
+it must be of this run's task, its config must fit today's schema, and its architecture must
+be this run's; other model settings (dropout, masking...) may change, with a warning. What a
+checkpoint holds is `Trainer.state_dict`; `load_into` puts it back.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from wav2vec2.files import load_checkpoint
 from wav2vec2.interop.loaded import kind_of_weights
 from wav2vec2.interop.ours import TASK_KINDS
 from wav2vec2.tasks import config_from_dict
-from wav2vec2.train import checkpoint as ckpt
+from wav2vec2.train import checkpoint as ckpt, rng
+from wav2vec2.train.optim import load_moments
 
 log = logging.getLogger("wav2vec2.train")
 
@@ -69,6 +72,51 @@ def find_start(run_dir: Path, c: CheckpointConfig) -> Start | None:
                         rng=True)
         return Start(path, load_checkpoint(path), resets)
     return None
+
+
+def restore(trainer: Any) -> None:
+    """Resume or continue `trainer` (a `Trainer`, built but not trained) from a checkpoint
+    (`find_start`), or else give its optimizer the moments its task carries over."""
+    start = find_start(trainer.run_dir, trainer.cfg.checkpoint)
+    if start is None:
+        moments = trainer.task.carried_moments()
+        if moments is not None:
+            count = load_moments(trainer.optimizer, trainer.model, moments)
+            log.info("Adam's moments of %d parameters carried over from task.init", count)
+        return
+    check_fits(start, task=trainer.task.name, model=trainer.cfg.model)
+    load_into(trainer, start.state, start.resets)
+    log.info("restored %s at update %d (resets: %s)", start.path, trainer.num_updates, start.resets.names() or "none")
+
+
+def load_into(trainer: Any, state: dict[str, Any], resets: Resets) -> None:
+    """Restore what `Trainer.state_dict` saved into `trainer`, but for what `resets` leaves."""
+    trainer.model.load_state_dict(state["model"])
+    trainer.task.load_state_dict(state.get("task_state", {}))
+    if not resets.optimizer:
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        if trainer.scaler is not None and state.get("loss_scaler"):
+            trainer.scaler.load_state_dict(state["loss_scaler"])
+    if not resets.schedule:
+        trainer.num_updates = int(state["num_updates"])
+        trainer.nonfinite.total = int(state.get("nonfinite_skips", 0))
+        trainer.num_bad_files = int(state.get("bad_files", 0))
+    if not resets.dataloader:
+        try:
+            trainer.stream.load_state_dict(state["data"])
+        except ValueError as err:  # other world size or batching: position is meaningless
+            log.warning("cannot restore the data position (%s); starting the next epoch", err)
+            trainer.stream.epoch, trainer.stream.consumed = state["data"]["epoch"] + 1, 0
+    if not resets.rng:
+        # version 1: "best_valid_loss"
+        best = state.get("best_valid_metric", {"name": "loss", "value": state.get("best_valid_loss")})
+        if best["name"] == trainer.task.best_metric and best["value"] is not None:
+            trainer.best_valid = float(best["value"])
+        if state.get("world_size") == trainer.dist.world_size:
+            rng.set_rng_state(state["rng"][trainer.dist.rank])
+        else:
+            log.warning("checkpoint from %s ranks, now %s: RNG streams restart", state.get("world_size"),
+                        trainer.dist.world_size)
 
 
 def check_fits(start: Start, *, task: str, model: ModelConfig) -> None:

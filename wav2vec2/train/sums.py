@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from wav2vec2.tasks.base import RESERVED, Task
+from wav2vec2.tasks.base import RESERVED, LossOutput, Task
 from wav2vec2.train import distributed as dist_utils
 
 
@@ -77,3 +77,10 @@ def batch_counts(batch: dict[str, Any]) -> dict[str, int]:
     padding = batch.get("padding_mask")
     samples = batch["source"].numel() if padding is None else int((~padding).sum())
     return {"utterances": batch["source"].shape[0], "audio_samples": samples}
+
+
+def nothing(out: LossOutput) -> LossOutput:
+    """What a micro-batch that must count for nothing adds (a rank's stand-in batch): the
+    names of `out`'s sums, every value zero, whatever `out` held (even inf or nan)."""
+    return LossOutput(loss=torch.zeros((), device=out.loss.device), sample_size=0.0,
+                      sums=dict.fromkeys(out.sums, 0.0))

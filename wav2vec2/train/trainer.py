@@ -33,7 +33,7 @@ from wav2vec2.config import TrainConfig, validate
 from wav2vec2.data import STREAM_TRAIN, STREAM_VALID, BatchStream, TokenBudgetBatchSampler, batch_seed, build_dataloader
 from wav2vec2.files import atomic_write
 from wav2vec2.tasks.base import Task
-from wav2vec2.train import checkpoint as ckpt, distributed as dist_utils, resume, rng
+from wav2vec2.train import cadence, checkpoint as ckpt, distributed as dist_utils, resume, rng
 from wav2vec2.train.faults import BadFileLog, NonFiniteSkips
 from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging, stop_log_to_file
 from wav2vec2.train.optim import (
@@ -41,7 +41,7 @@ from wav2vec2.train.optim import (
 )
 from wav2vec2.train.plots import summary
 from wav2vec2.train.stopping import StopRequests
-from wav2vec2.train.sums import Sums, batch_counts, refuse_reserved
+from wav2vec2.train.sums import Sums, batch_counts, nothing, refuse_reserved
 
 log = logging.getLogger("wav2vec2.train")
 
@@ -119,18 +119,20 @@ class Trainer:
     # ---------------------------------------------------------------- building blocks
     def _sampler(self, dataset: Any, *, train: bool) -> TokenBudgetBatchSampler:
         d = self.cfg.data
-        # Validation: uneven ranks are fine, evaluation runs the unwrapped model, no collectives.
+        # Every batch is dealt, ranks uneven (fairseq): training pads the short ranks with a
+        # stand-in batch (`data.loader.Update`); validation runs the unwrapped model, no collectives.
         return TokenBudgetBatchSampler(
             dataset.sizes, max_tokens=d.max_tokens, describe=dataset.describe, sample_rate=d.sample_rate,
-            max_sentences=d.max_sentences,
-            required_batch_size_multiple=d.required_batch_size_multiple, seed=self.cfg.seed,
-            num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=train, drop_last=train,
+            max_sentences=d.max_sentences, required_batch_size_multiple=d.required_batch_size_multiple,
+            seed=self.cfg.seed, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=train,
+            drop_last=train and self.cfg.optim.updates_span_epochs,  # updates across epochs: even ranks
         )
 
     def _build_train_stream(self) -> BatchStream:
         dataset = self.task.build_dataset(self.cfg.data.train_subset)
         self.train_dataset = dataset  # for messages naming a batch's files
         return BatchStream(dataset, self._sampler(dataset, train=True), seed=self.cfg.seed,
+                           update_freq=self.cfg.optim.update_freq, spans_epochs=self.cfg.optim.updates_span_epochs,
                            num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
                            timeout=60 * self.cfg.distributed.timeout_minutes)  # a hung worker, as a hung peer
 
@@ -151,8 +153,11 @@ class Trainer:
                 for k, v in batch.items()}
 
     # ---------------------------------------------------------------- one update
-    def train_step(self, micro_batches: list[tuple[int, int, dict[str, Any]]]) -> dict[str, float] | None:
+    def train_step(self, micro_batches: list[tuple[int, int, dict[str, Any]]], *,
+                   stand_in: bool = False) -> dict[str, float] | None:
         """Forward/backward over this rank's micro-batches, then one optimizer update.
+        With `stand_in` (`data.loader.Update`), the one micro-batch counts for nothing: its
+        loss is back-propagated at zero weight, so that this rank joins the all-reduce.
 
         Returns the update's metrics, or None when the update is skipped: fp16 overflowed
         (the loss scaler lowers its scale), or in fp32/bf16 the loss or gradient norm is
@@ -174,7 +179,9 @@ class Trainer:
                 with self._autocast():
                     out = self.task.loss(self.ddp_model, self._to_device(batch), num_updates=self.num_updates,
                                          generator=self.generator)
-                (out.loss * loss_scale).backward()
+                (out.loss * (0.0 if stand_in else loss_scale)).backward()
+            if stand_in:  # fairseq's dummy batch: in the all-reduce, out of every sum
+                out, counts = nothing(out), dict.fromkeys(counts, 0)
             # The back-propagated loss joins the sums, so its finiteness is decided on the
             # all-reduced total: the same on every rank, and no host sync per micro-batch.
             sums.add(out.sums, sample_size=out.sample_size, loss=out.loss.detach(), bad_files=num_bad, **counts)
@@ -258,6 +265,8 @@ class Trainer:
             log.info("run already at update %d of %d: nothing to do", self.num_updates, end)
             return None
         try:
+            if self.num_updates == 0 and cfg.train.validate_at_start:
+                self._validate()  # where a continued run starts: its health is judged against it
             with StopRequests(time_limit_minutes=cfg.train.time_limit_minutes, device=self.device) as stop:
                 return self._loop(end, stop)
         finally:
@@ -270,34 +279,27 @@ class Trainer:
         cfg = self.cfg
         averager = Averager(weights=self.task.interval_weights)
         valid: dict[str, float] | None = None
-        micro_epoch = self.stream.epoch
         while self.num_updates < end:
             t0 = time.monotonic()
-            micro = [self.stream.next() for _ in range(cfg.optim.update_freq)]
+            update = self.stream.next_update()
             data_wait = time.monotonic() - t0
-            metrics = self.train_step(micro)
-            if metrics is None:
-                continue
-            metrics["data_wait_sec"] = data_wait
-            metrics["audio_sec_per_sec"] = self.update_audio_sec / (time.monotonic() - t0)
-            averager.add(metrics)
+            metrics = self.train_step(update.micro_batches, stand_in=update.stand_in)
             u = self.num_updates
             last = u == end  # always logged, validated and checkpointed
-            if u % cfg.logging.log_every == 0 or last:
-                self._log("train", {**averager.mean(), **self._run_counts()})
-                averager.reset()
-            new_epoch = micro[-1][0] > micro_epoch
-            micro_epoch = micro[-1][0]
-            due = (cfg.train.validate_every and u % cfg.train.validate_every == 0) or (
-                cfg.train.validate_every_epoch and new_epoch)
-            new_best = False
-            if last or (due and u >= cfg.train.validate_after_updates):
-                valid, new_best = self._validate()
+            if metrics is not None:
+                metrics["data_wait_sec"] = data_wait
+                metrics["audio_sec_per_sec"] = self.update_audio_sec / (time.monotonic() - t0)
+                averager.add(metrics)
+                if u % cfg.logging.log_every == 0 or last:
+                    self._log("train", {**averager.mean(), **self._run_counts()})
+                    averager.reset()
+            due = cadence.due(u, epoch=update.epoch, end_of_epoch=update.end_of_epoch, last=last,
+                              updated=metrics is not None, loop=cfg.train, checkpoint=cfg.checkpoint)
+            valid, new_best = self._validate() if due.validate else (valid, False)
             stop = stop_requests.reason()
-            snapshot = u % cfg.checkpoint.save_every == 0
-            refresh = cfg.checkpoint.save_last_every and u % cfg.checkpoint.save_last_every == 0
-            if snapshot or refresh or stop or new_best or last:
-                self.save(snapshot=snapshot, best=new_best)
+            refresh = metrics is not None and cfg.checkpoint.save_last_every and u % cfg.checkpoint.save_last_every == 0
+            if due.save or refresh or stop or new_best:
+                self.save(snapshot=due.snapshot, best=new_best)
             if stop and not last:
                 self.stop_reason = stop
                 log.info("stopped at update %d with a checkpoint; rerun the same command to resume", u)
@@ -362,39 +364,6 @@ class Trainer:
                              snapshot=snapshot, best=best, keep_last=self.cfg.checkpoint.keep_last)
 
     def _restore(self) -> None:
-        """Resume or continue from a checkpoint (`resume.find_start`), if there is one."""
-        start = resume.find_start(self.run_dir, self.cfg.checkpoint)
-        if start is not None:
-            resume.check_fits(start, task=self.task.name, model=self.cfg.model)
-            self.load_state_dict(start.state, start.resets)
-            log.info("restored %s at update %d (resets: %s)", start.path, self.num_updates,
-                     start.resets.names() or "none")
-
-    def load_state_dict(self, state: dict[str, Any], resets: resume.Resets) -> None:
-        """Restore what `state_dict` saved, but for what `resets` says to leave as it is."""
-        self.model.load_state_dict(state["model"])
-        self.task.load_state_dict(state.get("task_state", {}))
-        if not resets.optimizer:
-            self.optimizer.load_state_dict(state["optimizer"])
-            if self.scaler is not None and state.get("loss_scaler"):
-                self.scaler.load_state_dict(state["loss_scaler"])
-        if not resets.schedule:
-            self.num_updates = int(state["num_updates"])
-            self.nonfinite.total = int(state.get("nonfinite_skips", 0))
-            self.num_bad_files = int(state.get("bad_files", 0))
-        if not resets.dataloader:
-            try:
-                self.stream.load_state_dict(state["data"])
-            except ValueError as err:  # other world size or batching: position is meaningless
-                log.warning("cannot restore the data position (%s); starting the next epoch", err)
-                self.stream.epoch, self.stream.consumed = state["data"]["epoch"] + 1, 0
-        if not resets.rng:
-            # version 1: "best_valid_loss"
-            best = state.get("best_valid_metric", {"name": "loss", "value": state.get("best_valid_loss")})
-            if best["name"] == self.task.best_metric and best["value"] is not None:
-                self.best_valid = float(best["value"])
-            if state.get("world_size") == self.dist.world_size:
-                rng.set_rng_state(state["rng"][self.dist.rank])
-            else:
-                log.warning("checkpoint from %s ranks, now %s: RNG streams restart", state.get("world_size"),
-                            self.dist.world_size)
+        """Resume from `run_dir`, continue from a checkpoint or from the task's source model
+        (`resume.restore`), or start fresh."""
+        resume.restore(self)

@@ -11,7 +11,7 @@ import soundfile as sf
 from wav2vec2.data import Dictionary, LabelledAudioDataset, RawAudioDataset, read_manifest, write_manifest
 from wav2vec2.data.corpora import asterisk
 from wav2vec2.data.corpora.asterisk import AsteriskSummary
-from wav2vec2.data.corpora.splits import make_finetune_splits
+from wav2vec2.data.corpora.splits import make_finetune_splits, write_language_splits
 from wav2vec2.data.labels import letters
 
 # --- make_finetune_splits, on a fake prepared corpus (no network) -------------------------
@@ -95,6 +95,19 @@ def test_pretrain_has_everything_but_dev_and_test(fake):
     assert {corpus[rel][3] for rel in seen} == {"en", "fr"}
     train = RawAudioDataset(os.path.join(out, "pretrain", "train.tsv"))  # the project's loader reads it
     assert len(train) == sum(1 for rel in seen if corpus[rel][0] == "train")
+
+
+def test_language_splits_keep_only_those_languages(fake):
+    _, corpus, out, _ = fake
+    for languages in (["fr"], ["en"], ["en", "fr"]):
+        directory = write_language_splits(out, languages)
+        assert directory == os.path.join(out, "pretrain_" + "-".join(languages))
+        for split in ("train", "valid"):
+            kept = read_manifest(os.path.join(directory, f"{split}.tsv"))[1]
+            whole = read_manifest(os.path.join(out, "pretrain", f"{split}.tsv"))[1]
+            assert kept == [(rel, n) for rel, n in whole if corpus[rel][3] in languages]  # same order, same lines
+    with pytest.raises(ValueError, match=r"holds no audio of ru \(its languages: en, fr\)"):
+        write_language_splits(out, ["ru"])
 
 
 def _assert_minutes(rows, minutes: float) -> None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import soundfile as sf
 
-from wav2vec2.data.corpora.splits import make_finetune_splits
+from wav2vec2.data.corpora.splits import make_finetune_splits, write_language_splits
 from wav2vec2.data.corpora.text import NUMBER, normalize_transcript
 from wav2vec2.data.labels import Dictionary, letters, write_label_lines
 from wav2vec2.data.manifest import write_manifest
@@ -340,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="longer prompts are only pretrained on (default: %(default)s)")
     low.add_argument("--finetune-seed", type=int, default=1,
                      help="seed of these splits; --seed is the corpus's (default: %(default)s)")
+    low.add_argument("--pretrain-languages", metavar="XX,YY", action="append", default=[],
+                     help="also write DIR/pretrain_XX-YY/: DIR/pretrain/ restricted to these languages; repeatable")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -356,6 +358,14 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.finetune_seed,
             )
             print(splits)
+            for group in args.pretrain_languages:
+                languages = [lang for lang in group.split(",") if lang]
+                unknown = sorted(set(languages) - set(LANGUAGES))
+                if unknown:
+                    raise ValueError(f"--pretrain-languages {group}: {', '.join(unknown)} is not one of {', '.join(LANGUAGES)}")
+                print(f"pretrain audio of {', '.join(languages)}: {write_language_splits(args.finetune_splits, languages)}")
+        elif args.pretrain_languages:
+            raise ValueError("--pretrain-languages restricts the splits of --finetune-splits DIR: give it")
     except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -9,7 +9,9 @@ OUT/audio/XX/ with XX the language) and writes
     SPLITS/finetune_XX/{train,dev,test}.{tsv,wrd,ltr}  for configs/ctc_demo.yaml
     SPLITS/finetune_XX/dict.ltr.txt
 
-(scripts/finetune_demo.sh runs both trainings on them).
+(scripts/finetune_demo.sh runs both trainings on them), and on demand the pretraining audio
+of some languages only (`write_language_splits`: SPLITS/pretrain_XX-YY/, for the
+language-transfer experiment of scripts/continue_demo.sh).
 """
 
 from __future__ import annotations
@@ -209,6 +211,23 @@ def make_finetune_splits(
         test_letters=sum(c != "|" for u in chosen["test"] for c in u.ltr.split()),
         coverage=coverage,
     )
+
+
+def write_language_splits(splits: str, languages: list[str]) -> str:
+    """SPLITS/pretrain_XX-YY/{train,valid}.tsv: the lines of SPLITS/pretrain/ whose audio is
+    in one of `languages` (the XX/ directory under the corpus's audio root). Returns that
+    directory. An empty result is an error naming the languages the manifests hold."""
+    out = os.path.join(splits, "pretrain_" + "-".join(languages))
+    os.makedirs(out, exist_ok=True)
+    for split in ("train", "valid"):
+        root, entries = read_manifest(os.path.join(splits, "pretrain", f"{split}.tsv"))
+        kept = [(rel, n) for rel, n in entries if _language(rel) in languages]
+        if not kept:
+            found = sorted({_language(rel) for rel, _ in entries})
+            raise ValueError(f"{splits}/pretrain/{split}.tsv holds no audio of {', '.join(languages)} "
+                             f"(its languages: {', '.join(found)})")
+        write_manifest(os.path.join(out, f"{split}.tsv"), root, kept)
+    return out
 
 
 def _read_labelled_corpus(corpus: str) -> tuple[str, list[_Labelled]]:

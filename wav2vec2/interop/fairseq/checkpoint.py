@@ -51,7 +51,7 @@ from wav2vec2.interop.fairseq.names import (
     state_dict_from_fairseq,
     state_dict_to_fairseq,
 )
-from wav2vec2.interop.loaded import CTC, ENCODER, PRETRAINING, LoadedModel
+from wav2vec2.interop.loaded import CTC, ENCODER, PRETRAINING, LoadedModel, moments_by_name
 from wav2vec2.model.ctc import Wav2Vec2Ctc
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
 
@@ -174,7 +174,26 @@ def read_fairseq(path: str | Path, *, state: dict[str, Any] | None = None,
         _check_keys(weights, ref)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    return LoadedModel(PRETRAINING if heads else ENCODER, cfg, weights, **common)
+    moments = _moments(state, cfg, heads=heads)
+    return LoadedModel(PRETRAINING if heads else ENCODER, cfg, weights, optimizer_state=moments, **common)
+
+
+def _moments(state: Mapping[str, Any], cfg: ModelConfig, *, heads: bool) -> dict[str, dict] | None:
+    """The Adam moments of a pretraining checkpoint (`last_optimizer_state`) by our parameter
+    names. fairseq's optimizer holds the model's parameters in `parameters()` order, which is
+    the order of the saved state dict's keys (wav2vec 2.0 has no buffers); with --fp16 its
+    FP16Optimizer keeps one flat state for all of them concatenated in that order."""
+    optimizer = state.get("last_optimizer_state")
+    if not isinstance(optimizer, Mapping) or not isinstance(optimizer.get("state"), Mapping):
+        return None
+    sd = state["model"]
+    by_fairseq = moments_by_name(list(sd), [tuple(v.shape) for v in sd.values()], dict(optimizer["state"]))
+    if by_fairseq is None:
+        log.warning("its optimizer state is not Adam's over the model's parameters: moments not read")
+        return None
+    if not heads:
+        by_fairseq = {k: v for k, v in by_fairseq.items() if not k.startswith(HEADS)}
+    return state_dict_from_fairseq(by_fairseq, cfg)  # renames the keys only
 
 
 def _read_ctc(state: Mapping[str, Any], model: dict, dictionary: str | Path | None, common: dict) -> LoadedModel:
