@@ -149,7 +149,8 @@ def run_probes(found: list[Target], *, preset: str, seeds: list[int], out: Path,
             log(f"== probe {target.name} (update {target.update}), seed {seed}: {' '.join(command[1:])}")
             start = time.monotonic()
             proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            seconds = time.monotonic() - start
+            # To the tenth, as the timing file keeps it: a reused probe then shows the same seconds.
+            seconds = round(time.monotonic() - start, 1)
             (out / target.name).mkdir(parents=True, exist_ok=True)  # a run that failed early made none
             atomic_write(out / target.name / f"seed{seed}.log", proc.stdout)
             if proc.returncode == 0:
