@@ -3,7 +3,8 @@
 #
 # What did the demo's pretraining learn, and when? SUPERB-style probes (a frozen upstream read
 # through learned layer weights, a light head) on real speech, on a CPU; the tables of
-# docs/probing.md. About 30 minutes on 2 idle cores (docs/probing.md has the measurements).
+# docs/probing.md. Aimed at about 30 minutes on 2 idle cores; not yet timed end to end (docs/probing.md
+# says what ran, on a shared machine).
 #
 # 1. installs the project into ./.venv with scripts/setup_env.sh (skipped when W2V_PYTHON
 #    names a ready interpreter), and prepares the Asterisk prompts (5 languages, one voice
