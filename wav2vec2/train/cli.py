@@ -92,7 +92,8 @@ def usage() -> str:
     lines = [
         "usage: scripts/train.py --config-name PRESET data.manifest_dir=DIR run_dir=DIR [key=value ...]",
         "",
-        "Trains what the preset names: wav2vec 2.0 pretraining, or CTC fine-tuning (task.init=CHECKPOINT).",
+        "Trains what the preset names: wav2vec 2.0 pretraining, CTC fine-tuning (task.init=CHECKPOINT), or a",
+        "probe of a frozen model (probe_ctc_*, classify_*: task.init=MODEL; scripts/probe.py runs many).",
         "Rerunning with the same run_dir resumes from its last checkpoint; Ctrl-C saves one and stops.",
         "",
         "presets (configs/):",
@@ -100,7 +101,7 @@ def usage() -> str:
         "",
         "Any field can be set as key=value (optim.lr=2e-4, model=large, task.freeze_finetune_updates=0).",
         "Every field is documented where it is declared: wav2vec2/config/training.py (data, optim, ...),",
-        "wav2vec2/config/model.py (model), wav2vec2/tasks/pretrain.py and ctc.py (task).",
+        "wav2vec2/config/model.py (model), wav2vec2/tasks/pretrain.py, ctc.py and classify.py (task).",
         "--cfg job prints the composed config; --hydra-help shows Hydra's own options.",
     ]
     return "\n".join(lines)
