@@ -99,7 +99,7 @@ def _ogg(path, seconds: float, dbfs: float, seed: int) -> None:
 _WORDS = "vis water zee boot steen krab schelp wier golf zand anker net kreeft".split()
 
 
-def _fake_packages(out, monkeypatch) -> dict[str, str]:
+def _fake_packages(out, monkeypatch, seconds: float = 3.0) -> dict[str, str]:
     """Twelve levels of three lines, one shared set, and one case per exclusion rule, as
     dpkg-deb -x leaves them under out/extract; returns {relpath: .wrd line} of the kept."""
     monkeypatch.setattr(fillets, "download_packages", lambda pkgs, debs_dir, recipe: [])
@@ -113,13 +113,13 @@ def _fake_packages(out, monkeypatch) -> dict[str, str]:
             ident = f"l{n}-{speaker}-{j}"
             text = f"Een {_WORDS[n]} is {_WORDS[j]}!"
             script.append(f'dialogId("{ident}", "{font}", "english")\ndialogStr("{text}")\n')
-            _ogg(game / "sound" / level / "nl" / f"{ident}.ogg", 3.0, -20, 10 * n + j)
+            _ogg(game / "sound" / level / "nl" / f"{ident}.ogg", seconds, -20, 10 * n + j)
             kept[f"{level}/{ident}.flac"] = f"EEN {_WORDS[n].upper()} IS {_WORDS[j].upper()}"
         if level == "level00":
             cases = {"orphan": None, "digits": "Druk op F3.", "note": "[zucht]", "empty": "Stil.",
                      "hush": "Hoor je dat?", "twice": "Een."}
             for ident, text in cases.items():
-                _ogg(game / "sound" / level / "nl" / f"{ident}.ogg", 0.0 if ident == "empty" else 2.0,
+                _ogg(game / "sound" / level / "nl" / f"{ident}.ogg", 0.0 if ident == "empty" else 2 * seconds / 3,
                      -80 if ident == "hush" else -20, 99)
                 if text is not None:
                     script.append(f'dialogId("{ident}", "font_big", "x")\ndialogStr("{text}")\n')
@@ -164,8 +164,9 @@ def test_prepare_splits_by_level_and_says_what_it_left_out(tmp_path, monkeypatch
     level_of = {u.relpath: u.level for u in summary.utterances}
     levels = {split: {level_of[rel] for rel in got[split]} for split in got}
     assert not (levels["train"] & levels["test"] or levels["train"] & levels["dev"] or levels["dev"] & levels["test"])
+    weights = {lvl: 9.0 + 8.0 * (lvl == "level00") for lvl in summary.splits}  # all audio found, kept or not
     assert levels["test"] and levels["dev"] and summary.splits == split_levels(
-        {lvl: 9.0 for lvl in summary.splits}, test_minutes=0.2, dev_minutes=0.1, seed=3)
+        weights, test_minutes=0.2, dev_minutes=0.1, seed=3)
     assert set(read_manifest(out / "pretrain" / "train.tsv")[1]) == set(read_manifest(out / "train.tsv")[1])
     assert set(read_manifest(out / "pretrain" / "valid.tsv")[1]) == set(read_manifest(out / "dev.tsv")[1])
     sub = {m: _read(out / f"finetune_{m:g}min", "train") for m in (0.1, 0.2)}
@@ -222,3 +223,18 @@ def test_prepare_fillets_real(tmp_path):
     ds = RawAudioDataset(tmp_path / "nl" / "test.tsv")
     rms = [ds[i]["source"].pow(2).mean().sqrt().item() for i in range(0, len(ds), 10)]
     assert 0.03 < np.median(rms) < 0.5  # real speech level, not silence or noise
+
+
+def test_leaving_a_file_out_moves_no_level(tmp_path, monkeypatch):
+    """The split weighs the audio found, kept or not: a line left out (here its text gets
+    a digit) leaves every level where it was."""
+    _fake_packages(tmp_path / "a", monkeypatch, seconds=1.0)
+    shutil.copytree(tmp_path / "a" / "extract", tmp_path / "b" / "extract")
+    before = prepare_fillets(str(tmp_path / "a"), test_minutes=0.07, dev_minutes=0.03, label_minutes=[], seed=3)
+    script = tmp_path / "b" / "extract" / "usr" / "share" / "games" / "fillets-ng" / "script"
+    for path in script.glob("*/*_nl.lua"):
+        path.write_text(path.read_text(encoding="utf-8").replace("is vis!", "is 1 vis!"), encoding="utf-8")
+    after = prepare_fillets(str(tmp_path / "b"), test_minutes=0.07, dev_minutes=0.03, label_minutes=[], seed=3)
+    assert after.skipped["number"] == before.skipped["number"] + 13
+    assert after.splits == before.splits and set(after.splits.values()) == {"train", "dev", "test"}
+    assert not list((tmp_path / "b").glob("finetune_*"))

@@ -163,9 +163,10 @@ def decode(src: str, dst: str) -> np.ndarray:
 
 
 def split_levels(seconds: dict[str, float], *, test_minutes: float, dev_minutes: float, seed: int) -> dict[str, str]:
-    """{level: "test" | "dev" | "train"}. The levels, sorted then shuffled with `seed`, go
-    to test until it holds `test_minutes`, then to dev until `dev_minutes`, the rest to
-    train (each overshoots by less than one level). Raises if train would get nothing."""
+    """{level: "test" | "dev" | "train"} of {level: its seconds of audio}. The levels,
+    sorted then shuffled with `seed`, go to test until it holds `test_minutes`, then to dev
+    until `dev_minutes`, the rest to train (each overshoots by less than one level).
+    Raises if train would get nothing."""
     levels = sorted(seconds)
     random.Random(seed).shuffle(levels)
     out, filled = {}, {"test": 0.0, "dev": 0.0}
@@ -248,7 +249,10 @@ def prepare_fillets(out: str, *, test_minutes: float = 10.0, dev_minutes: float 
     """Download, decode and write the corpus under `out` (see the module docstring).
 
     Every .ogg either becomes an utterance or is listed in OUT/excluded.tsv with its
-    reason. The level split depends on the kept minutes per level and `seed` only.
+    reason. The level split weighs each level by the audio it has, kept or not, so that
+    leaving a file out (a rule added, a line fixed) never moves a level between splits;
+    the minutes a split holds are then those of its kept lines, a little under its target
+    when one of its levels has a file left out.
     """
     out = os.path.realpath(out)
     extract_dir = os.path.join(out, "extract")
@@ -261,6 +265,7 @@ def prepare_fillets(out: str, *, test_minutes: float = 10.0, dev_minutes: float 
         raise RuntimeError(f"no sound/LEVEL/nl/ directory under {sound}; extraction incomplete?")
 
     summary = FilletsSummary(out=out)
+    found = collections.Counter()  # seconds of every .ogg per level, kept or not: what the split weighs
     for level in levels:
         sources = []
         for path in level_scripts(game, level):
@@ -268,6 +273,8 @@ def prepare_fillets(out: str, *, test_minutes: float = 10.0, dev_minutes: float 
                 sources.append(f.read())
         dialogs = read_dialogs(sources)
         for path in sorted(glob.glob(os.path.join(sound, level, "nl", "*.ogg"))):
+            info = sf.info(path)
+            found[level] += info.frames / info.samplerate
             ident = os.path.basename(path)[: -len(".ogg")]
             rel = f"{level}/{ident}.flac"
             line = dialogs.get(ident)
@@ -290,10 +297,7 @@ def prepare_fillets(out: str, *, test_minutes: float = 10.0, dev_minutes: float 
             speaker = SPEAKERS.get(line.font, line.font.removeprefix("font_") or "unknown")
             summary.utterances.append(Utterance(rel, level, speaker, len(pcm), words, line.dutch))
 
-    seconds = collections.Counter()
-    for u in summary.utterances:
-        seconds[u.level] += u.seconds
-    summary.splits = split_levels(dict(seconds), test_minutes=test_minutes, dev_minutes=dev_minutes, seed=seed)
+    summary.splits = split_levels(dict(found), test_minutes=test_minutes, dev_minutes=dev_minutes, seed=seed)
     by_split = {s: [u for u in summary.utterances if summary.splits[u.level] == s] for s in ("train", "dev", "test")}
     train_words = {tuple(u.words) for u in by_split["train"]}
     summary.test_texts_in_train = sum(tuple(u.words) in train_words for u in by_split["test"])
