@@ -342,7 +342,7 @@ Prepare the Dutch Fish Fillets NG corpus: download Debian's fillets-ng-data and
 fillets-ng-data-nl (apt-get download, nothing installed), decode the Dutch voice acting to
 16 kHz mono FLAC, pair each line with its Dutch text from the levels' scripts and write
 fairseq manifests and letter labels under --out, split by level: about 1,600 lines, 1.6 h,
-two voices (the small and the big fish), in a few minutes (cached after). Lines whose
+two voices (the small and the big fish), in about a minute (cached after). Lines whose
 text cannot be what is said (digits, no text, empty audio) are left out, each listed with
 its reason in OUT/excluded.tsv."""
 
