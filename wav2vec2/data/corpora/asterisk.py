@@ -29,14 +29,13 @@ import logging
 import os
 import random
 import re
-import shutil
-import subprocess
 import sys
 from dataclasses import dataclass, field
 
 import numpy as np
 import soundfile as sf
 
+from wav2vec2.data.corpora.debian import download_packages, extract_debs
 from wav2vec2.data.corpora.splits import make_finetune_splits, write_language_splits
 from wav2vec2.data.corpora.text import NUMBER, normalize_transcript
 from wav2vec2.data.labels import Dictionary, letters, write_label_lines
@@ -55,40 +54,7 @@ def packages(languages: list[str]) -> list[str]:
 
 def download_debs(languages: list[str], debs_dir: str) -> list[str]:
     """`apt-get download` the packages not already in debs_dir; returns the .deb paths."""
-    for tool in ("apt-get", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            raise RuntimeError(f"{tool} not found: prepare_asterisk needs a Debian-based system")
-    os.makedirs(debs_dir, exist_ok=True)
-    missing = [p for p in packages(languages) if not glob.glob(os.path.join(debs_dir, f"{p}_*.deb"))]
-    if missing:
-        logger.info("apt-get download %s", " ".join(missing))
-        result = _apt_download(missing, debs_dir)
-        if result.returncode != 0:  # usually stale or absent package lists
-            update = subprocess.run(["apt-get", "update"], capture_output=True, text=True)
-            result = _apt_download(missing, debs_dir)
-            if result.returncode != 0:
-                raise RuntimeError(
-                    f"apt-get download {' '.join(missing)} failed (exit {result.returncode}):\n"
-                    f"{result.stderr.strip()[-2000:]}\napt-get update said:\n{update.stderr.strip()[-1000:]}"
-                )
-    return sorted(glob.glob(os.path.join(debs_dir, "*.deb")))
-
-
-def _apt_download(pkgs: list[str], cwd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["apt-get", "download", *pkgs], cwd=cwd, capture_output=True, text=True)
-
-
-def extract_debs(debs: list[str], extract_dir: str) -> None:
-    """`dpkg-deb -x` each .deb once (a marker file records it)."""
-    os.makedirs(extract_dir, exist_ok=True)
-    for deb in debs:
-        marker = os.path.join(extract_dir, ".done-" + os.path.basename(deb))
-        if os.path.exists(marker):
-            continue
-        result = subprocess.run(["dpkg-deb", "-x", deb, extract_dir], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"dpkg-deb -x {deb} failed: {result.stderr.strip()}")
-        atomic_write(marker, "")
+    return download_packages(packages(languages), debs_dir, recipe="prepare_asterisk")
 
 
 def read_transcripts(path: str) -> dict[str, str]:
