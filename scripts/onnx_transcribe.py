@@ -28,8 +28,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import soundfile as sf
+
+try:
+    import onnxruntime as ort
+except ImportError:  # a device or a fresh venv: say what to install, no traceback
+    sys.exit("error: onnx_transcribe.py needs onnxruntime: pip install onnxruntime "
+             "(in this project: pip install -e '.[export]')")
 
 FORMAT = "wav2vec2-ctc"
 

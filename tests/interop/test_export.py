@@ -347,3 +347,16 @@ def test_executorch_pte_equals_eager(tmp_path: Path) -> None:
         x = speechlike(num_samples, seed=num_samples)[None]
         logits, frame_lengths = method.execute([torch.from_numpy(x), torch.tensor([num_samples])])
         assert_logits_match(logits.numpy(), rec(torch.from_numpy(x)).logits)
+
+
+def test_runner_without_onnxruntime_says_what_to_install(tmp_path: Path) -> None:
+    """The torch-free runner on a machine without onnxruntime: one line, no traceback."""
+    blocked = ("import runpy, sys; sys.modules['onnxruntime'] = None; "
+               f"sys.argv = ['onnx_transcribe.py', 'asr.onnx', 'speech.wav']; "
+               f"runpy.run_path({str(RUNNER)!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: onnx_transcribe.py needs onnxruntime: pip install onnxruntime "
+        "(in this project: pip install -e '.[export]')"
+    ]
