@@ -139,6 +139,20 @@ def _state_after(sizes, kw, n):
     return s.state_dict()
 
 
+def test_rank_0s_state_resumes_a_rank_with_a_shorter_share():
+    """A checkpoint holds rank 0's sampler state and every rank loads it: with batches that
+    do not divide by the ranks (no drop_last), rank 1's share is one shorter, and it must
+    resume at the same position all the same, not restart at the next epoch."""
+    sizes = _sizes()
+    kw = dict(max_tokens=140_000, seed=4, num_replicas=2, drop_last=False)
+    rank0, rank1 = (TokenBudgetBatchSampler(sizes, rank=r, **kw) for r in (0, 1))
+    assert len(rank0.epoch_batches(1)) % 2 == 1 and len(rank0) == len(rank1) + 1
+    full = list(rank1)
+    rank0.mark_consumed(3)
+    rank1.load_state_dict(rank0.state_dict())
+    assert rank1.epoch == 1 and list(rank1) == full[3:]
+
+
 def test_load_state_rejects_other_settings():
     sizes = _sizes()
     state = TokenBudgetBatchSampler(sizes, max_tokens=150_000).state_dict()

@@ -21,6 +21,9 @@ STREAM_TRAIN = 1
 """The model's generator on a training batch: masks, negatives, Gumbel noise."""
 STREAM_VALID = 2
 """The same on a validation batch, so every validation of a run sees the same masks."""
+STREAM_LAYERDROP = 3
+"""LayerDrop under sharded training, seeded alike on every rank from (seed, update,
+micro-batch index) in place of (seed, epoch, position): `ContextNetwork.layerdrop_generator`."""
 
 
 def batch_seed(seed: int, epoch: int, position: int, *, stream: int) -> int:
@@ -235,6 +238,7 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
             "num_replicas": self.num_replicas,
             "rank": self.rank,
             "num_batches": self.rank_batches(self.epoch),
+            "total_batches": len(self.epoch_batches(self.epoch)),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -245,11 +249,16 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
                     "resuming mid-epoch needs the same batching settings"
                 )
         self.epoch = state["epoch"]
-        num_batches = len(self._rank_positions(self.epoch))
-        if state["num_batches"] != num_batches:
+        # A checkpoint holds rank 0's state, which every rank loads: compare what all ranks
+        # share, the epoch's batches (rank 1's share is one shorter when they do not divide).
+        if "total_batches" in state:
+            saved, ours = state["total_batches"], len(self.epoch_batches(self.epoch))
+        else:  # written before total_batches was stored: the saving rank's share
+            saved, ours = state["num_batches"], len(self._rank_positions(self.epoch))
+        if saved != ours:
             raise ValueError(
-                f"sampler state had {state['num_batches']} batches in epoch {self.epoch}, "
-                f"this sampler makes {num_batches}: dataset or batching settings changed"
+                f"sampler state had {saved} batches in epoch {self.epoch}, "
+                f"this sampler makes {ours}: dataset or batching settings changed"
             )
         self.num_batches_consumed = state["num_batches_consumed"]
         self._resume_at = self.num_batches_consumed
