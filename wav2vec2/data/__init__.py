@@ -3,6 +3,7 @@ token-budget batching, the resumable batch stream."""
 
 from wav2vec2.data.batching import (
     STREAM_CROP,
+    STREAM_LAYERDROP,
     STREAM_TRAIN,
     STREAM_VALID,
     TokenBudgetBatchSampler,
@@ -29,6 +30,7 @@ from wav2vec2.data.synthetic import synth_utterance, write_synthetic_corpus
 
 __all__ = [
     "STREAM_CROP",
+    "STREAM_LAYERDROP",
     "STREAM_TRAIN",
     "STREAM_VALID",
     "BatchStream",
