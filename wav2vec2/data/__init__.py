@@ -20,11 +20,15 @@ from wav2vec2.data.dataset import (
 from wav2vec2.data.labels import Dictionary, read_label_file
 from wav2vec2.data.loader import BatchStream, Update, build_dataloader, updates_per_epoch
 from wav2vec2.data.manifest import (
+    Manifest,
     ManifestSummary,
+    Row,
     build_manifest,
     find_audio,
     read_manifest,
+    read_rows,
     write_manifest,
+    write_rows,
 )
 from wav2vec2.data.synthetic import synth_utterance, write_synthetic_corpus
 
@@ -37,8 +41,10 @@ __all__ = [
     "Collater",
     "Dictionary",
     "LabelledAudioDataset",
+    "Manifest",
     "ManifestSummary",
     "RawAudioDataset",
+    "Row",
     "TokenBudgetBatchSampler",
     "Update",
     "batch_by_size",
@@ -50,8 +56,10 @@ __all__ = [
     "pad_to_longest",
     "read_label_file",
     "read_manifest",
+    "read_rows",
     "synth_utterance",
     "updates_per_epoch",
     "write_manifest",
+    "write_rows",
     "write_synthetic_corpus",
 ]
