@@ -9,7 +9,7 @@ import pytest
 
 from wav2vec2.bench.cli import INTERNAL_COMMANDS, build_parser, main
 
-SECTIONS = ["train", "model", "mask", "memory", "scaling", "profile", "ctc", "all", "data"]
+SECTIONS = ["train", "model", "mask", "memory", "scaling", "profile", "ctc", "all", "data", "align"]
 
 
 def test_help_lists_the_sections_and_hides_the_internal_commands(capsys) -> None:
@@ -27,7 +27,15 @@ def test_each_section_has_help_and_parses_the_documented_flags(section, capsys) 
         main([section, "--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and "usage:" in out and "--json" in out
-    assert ("--corpus-dir" in out) == (section == "data") and ("--rounds" in out) == (section != "data")
+    assert ("--corpus-dir" in out) == (section == "data")
+    assert ("--rounds" in out) == (section not in ("data", "align"))
+    if section == "align":
+        args = build_parser().parse_args(["align", "--model", "m.pt", "--prompts", "a.tsv", "b.tsv", "--minutes",
+                                          "1", "60", "--torchaudio-python", "/x/python", "--json", "r.json"])
+        assert (args.model, args.prompts, args.minutes, args.torchaudio_python) == \
+            ("m.pt", ["a.tsv", "b.tsv"], [1.0, 60.0], "/x/python")
+        assert args.func.__name__ == "bench_align"
+        return
     if section == "data":
         args = build_parser().parse_args(["data", "--seconds", "900", "--workers", "0", "1", "--json", "r.json"])
         assert (args.seconds, args.workers, args.json) == (900.0, [0, 1], "r.json")

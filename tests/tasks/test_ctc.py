@@ -260,8 +260,9 @@ def test_pretrain_finetune_resume_and_evaluate(tiny_corpus: Path, labelled_corpu
     assert [{k: r[k] for k in exact} for r in a] == [{k: r[k] for k in exact} for r in b]
     assert [r["encoder_frozen"] for r in a] == [1.0, 1.0] + [0.0] * 6  # ctc_tiny freezes 2 updates
     va, vb = records(one_go, "valid"), records(resumed, "valid")
-    # The interrupted run also validated where it stopped (update 3).
-    assert [r["num_updates"] for r in va] == [4, 8] and [r["num_updates"] for r in vb] == [3, 4, 8]
+    # Every 4 updates, at the end of epoch 1 (update 5: fairseq's validate_interval 1), and
+    # the interrupted run also where it stopped (update 3).
+    assert [r["num_updates"] for r in va] == [4, 5, 8] and [r["num_updates"] for r in vb] == [3, 4, 5, 8]
     assert [r["wer"] for r in va] == [r["wer"] for r in vb[1:]]
     sa, sb = load_checkpoint(one_go / ckpt.LAST), load_checkpoint(resumed / ckpt.LAST)
     assert_same_weights(sa["model"], sb["model"])

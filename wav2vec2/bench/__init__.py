@@ -7,6 +7,7 @@
     python scripts/bench.py profile  # top ops of one BASE update; host syncs in the forward
     python scripts/bench.py all      [--quick | --full]   # train, mask, memory, scaling
     python scripts/bench.py data     [--seconds 1800] [--workers 0 1 2]
+    python scripts/bench.py align    --model MODEL --prompts test.tsv [--minutes 1 60]   # forced alignment
 
 Every model section runs one full training update of the BASE pretraining model (12 layers):
 forward, loss, backward, Adam step, zero_grad. The peers get the same weights, the same audio,
@@ -21,8 +22,9 @@ measurement. Needs the `bench` extra (transformers).
 """
 
 # The package is the top floor: it may import anything in wav2vec2, nothing imports it.
-# One module per section (train, ctc, mask, memory, scaling, profiling, data); common.py holds
+# One module per section (train, ctc, mask, memory, scaling, profiling, data, align); common.py holds
 # the environment line, timing protocol, FLOP count and GEMM peak, peak memory and result rows;
 # updates.py builds the one BASE update each implementation runs (train, memory, scaling);
-# fairseq_worker.py is the fairseq side, run by path under another interpreter; cli.py parses
+# fairseq_worker.py is the fairseq side and torchaudio_worker.py the torchaudio one, each run by
+# path under another interpreter; align_data.py builds the recordings of `align`; cli.py parses
 # the command line (`python -m wav2vec2.bench` or scripts/bench.py).

@@ -1,10 +1,11 @@
 """The benchmark's command line (`scripts/bench.py`, `python -m wav2vec2.bench`): one
 subcommand per section, its flags, and `--json PATH` to write every result row at the end.
 
-Two internal commands are dispatched before argparse, so `--help` does not list them (users
-took them for sections): `_memory_child` (one `memory` row in a fresh process) and
-`_fairseq_worker` (the fairseq worker; the benchmark itself runs `fairseq_worker.py` by path,
-since the fairseq interpreter may lack this package).
+Three internal commands are dispatched before argparse, so `--help` does not list them (users
+took them for sections): `_memory_child` (one `memory` row in a fresh process),
+`_align_child` (one aligner of the `align` section in a fresh process) and `_fairseq_worker`
+(the fairseq worker; the benchmark itself runs `fairseq_worker.py` by path, since the fairseq
+interpreter may lack this package).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import sys
 
 import wav2vec2.bench
+from wav2vec2.bench import align as align_section
 from wav2vec2.bench import fairseq_worker
 from wav2vec2.bench.common import ROWS, write_rows
 from wav2vec2.bench.ctc import bench_ctc
@@ -24,7 +26,8 @@ from wav2vec2.bench.profiling import bench_profile
 from wav2vec2.bench.scaling import bench_scaling
 from wav2vec2.bench.train import bench_train
 
-INTERNAL_COMMANDS = {"_memory_child": child_main, "_fairseq_worker": fairseq_worker.main}
+INTERNAL_COMMANDS = {"_memory_child": child_main, "_fairseq_worker": fairseq_worker.main,
+                     "_align_child": align_section.child_main}
 
 
 def bench_all(args: argparse.Namespace) -> None:
@@ -92,6 +95,25 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--corpus-dir", default=None, help="keep the generated corpus here")
     data.add_argument("--json", default=None, help="also write results to this file")
     data.set_defaults(func=bench_data)
+
+    align = sub.add_parser("align", help="forced alignment of real speech: boundary errors, time and memory, "
+                                         "vs ctc-segmentation and torchaudio")
+    align.add_argument("--model", required=True, help="a CTC model (anything scripts/align.py takes)")
+    align.add_argument("--dictionary", help="dict.ltr.txt of a fairseq checkpoint")
+    align.add_argument("--prompts", nargs="+", required=True,
+                       help="manifests DIR/subset.tsv (with .wrd or .ltr) whose utterances are laid end to end")
+    align.add_argument("--minutes", type=float, nargs="+", default=[1.0, 60.0], help="recording lengths")
+    align.add_argument("--seed", type=int, default=0)
+    align.add_argument("--torchaudio-python", help="an interpreter with torchaudio, for its forced_align")
+    align.add_argument("--torchaudio-max-minutes", type=float, default=10.0,
+                       help="longest recording given to torchaudio (T x S bytes of backpointers)")
+    align.add_argument("--base-seconds", type=float, default=0.0,
+                       help="also time a BASE-sized model's emissions on this much audio")
+    align.add_argument("--work-dir", help="keep the recordings and emissions here (default: a temporary dir)")
+    align.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    align.add_argument("--device", default="cpu")
+    align.add_argument("--json", default=None, help="also write the result rows to this file")
+    align.set_defaults(func=align_section.bench_align)
     return parser
 
 

@@ -238,7 +238,9 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
             "num_replicas": self.num_replicas,
             "rank": self.rank,
             "num_batches": self.rank_batches(self.epoch),
-            "total_batches": len(self.epoch_batches(self.epoch)),
+            # every rank's: one rank's checkpoint restores all ranks, whose counts differ
+            # by one when batches are dealt unevenly (drop_last=False)
+            "epoch_batches": len(self.epoch_batches(self.epoch)),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -249,16 +251,14 @@ class TokenBudgetBatchSampler(torch.utils.data.Sampler):
                     "resuming mid-epoch needs the same batching settings"
                 )
         self.epoch = state["epoch"]
-        # A checkpoint holds rank 0's state, which every rank loads: compare what all ranks
-        # share, the epoch's batches (rank 1's share is one shorter when they do not divide).
-        if "total_batches" in state:
-            saved, ours = state["total_batches"], len(self.epoch_batches(self.epoch))
-        else:  # written before total_batches was stored: the saving rank's share
-            saved, ours = state["num_batches"], len(self._rank_positions(self.epoch))
-        if saved != ours:
+        if "epoch_batches" in state:
+            saved, made = state["epoch_batches"], len(self.epoch_batches(self.epoch))
+        else:  # older checkpoints: the saving rank's count (equal on all ranks with drop_last)
+            saved, made = state["num_batches"], len(self._rank_positions(self.epoch))
+        if saved != made:
             raise ValueError(
                 f"sampler state had {saved} batches in epoch {self.epoch}, "
-                f"this sampler makes {ours}: dataset or batching settings changed"
+                f"this sampler makes {made}: dataset or batching settings changed"
             )
         self.num_batches_consumed = state["num_batches_consumed"]
         self._resume_at = self.num_batches_consumed

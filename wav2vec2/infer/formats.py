@@ -1,6 +1,11 @@
 """What a transcription is and how it is written: `Word` and `Transcript`, rendered as plain
 text, JSON (with word times), SRT or WebVTT subtitles, and `Output`, which puts one record
 per input on stdout, in one file or in a directory, atomically.
+
+What a forced alignment is and how it is written: `Alignment` (lines of words of tokens,
+each a `Span` with times and a score), rendered by `render_alignment` as JSON, CTM (token,
+word or line level), Praat TextGrid (a tier per level, written by praatio) or SRT/WebVTT
+(a cue per line); `write_alignment` puts it in a file atomically.
 """
 
 from __future__ import annotations
@@ -14,13 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from wav2vec2.files import atomic_write
+from wav2vec2.files import atomic_output, atomic_write
 
 SRT_MAX_SECONDS, SRT_MAX_CHARS, SRT_MAX_GAP = 7.0, 42, 1.0
 """A subtitle holds at most 7 s and 42 characters (the usual line length), and a pause
 longer than 1 s starts a new one."""
 FORMATS = {"text": ".txt", "json": ".json", "srt": ".srt", "vtt": ".vtt"}
 SUBTITLES = ("srt", "vtt")
+ALIGN_FORMATS = {"json": ".json", "ctm": ".ctm", "textgrid": ".TextGrid", "srt": ".srt", "vtt": ".vtt"}
+LEVELS = ("token", "word", "line")
 
 
 @dataclass
@@ -172,3 +179,109 @@ class Output:
         if self.dir is not None and self._made_dir and not self._written:
             shutil.rmtree(self.dir, ignore_errors=True)
         self._stream = None
+
+
+# ---------------------------------------------------------------- alignments
+@dataclass
+class Span:
+    text: str
+    start: float | None
+    """Seconds from the start of the file; None when the span was not found in the audio
+    (its line was passed over)."""
+    end: float | None
+    score: float | None
+    """exp of the mean, over the span's frames, of log p(the path's label) - log p(the frame's
+    best label): 1 when the model itself would read the text there, towards 0 the less it
+    would. None when not found."""
+
+    def to_dict(self, key: str = "text") -> dict:
+        return {key: self.text, "start": self.start, "end": self.end,
+                "score": None if self.score is None else round(self.score, 4)}
+
+
+@dataclass
+class AlignedWord(Span):
+    tokens: list[Span] = field(default_factory=list)
+
+
+@dataclass
+class AlignedLine(Span):
+    line: int = 0
+    """1-based line number in the input text."""
+    words: list[AlignedWord] = field(default_factory=list)
+    flagged: bool = False
+    """Not found, or scored below the threshold asked for."""
+
+
+@dataclass
+class Alignment:
+    file: str
+    duration: float
+    """Seconds of audio."""
+    lines: list[AlignedLine] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    """Characters of the text that the dictionary lacks, "'.' (1:12)", skipped or wildcarded."""
+
+    def spans(self, level: str) -> list[Span]:
+        """The line, word or token spans in order."""
+        if level not in LEVELS:
+            raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+        if level == "line":
+            return list(self.lines)
+        words = [w for line in self.lines for w in line.words]
+        return words if level == "word" else [t for w in words for t in w.tokens]
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "duration": round(self.duration, 3), "unknown": self.unknown,
+                "lines": [{**line.to_dict(), "line": line.line, "flagged": line.flagged,
+                           "words": [{**w.to_dict("word"), "tokens": [t.to_dict("token") for t in w.tokens]}
+                                     for w in line.words]} for line in self.lines]}
+
+
+def format_ctm(alignment: Alignment, level: str) -> str:
+    """NIST CTM: `file 1 start duration text score` per span found (spaces in a line's text
+    written `<space>`, as NeMo's aligner does)."""
+    name = Path(alignment.file).stem
+    return "".join(f"{name} 1 {s.start:.3f} {s.end - s.start:.3f} {s.text.replace(' ', '<space>')} {s.score:.4f}\n"
+                   for s in alignment.spans(level) if s.start is not None)
+
+
+def format_line_cues(alignment: Alignment, fmt: str) -> str:
+    """SRT or WebVTT with one cue per line found."""
+    lines = [line for line in alignment.lines if line.start is not None]
+    if fmt == "srt":
+        return "".join(f"{i}\n{_timestamp(x.start, ',')} --> {_timestamp(x.end, ',')}\n{x.text}\n\n"
+                       for i, x in enumerate(lines, start=1))
+    return "WEBVTT\n\n" + "".join(f"{_timestamp(x.start, '.')} --> {_timestamp(x.end, '.')}\n{x.text}\n\n"
+                                   for x in lines)
+
+
+def render_alignment(alignment: Alignment, fmt: str, *, level: str = "word") -> str:
+    """An alignment as text: "json" (every level), "ctm" (`level`), "srt" or "vtt" (lines)."""
+    if fmt == "json":
+        return json.dumps(alignment.to_dict(), ensure_ascii=False) + "\n"
+    if fmt == "ctm":
+        return format_ctm(alignment, level)
+    if fmt in SUBTITLES:
+        return format_line_cues(alignment, fmt)
+    raise ValueError(f"format must be one of {sorted(ALIGN_FORMATS)} (textgrid only to a file), got {fmt!r}")
+
+
+def write_alignment(alignment: Alignment, path: str | os.PathLike, fmt: str, *, level: str = "word") -> None:
+    """Write an alignment to `path` atomically; "textgrid" has an interval tier per level
+    (lines, words, tokens), gaps as empty intervals."""
+    if fmt != "textgrid":
+        atomic_write(path, render_alignment(alignment, fmt, level=level))
+        return
+    try:  # the optional TextGrid writer (the `align` extra): imported only when asked for
+        from praatio import textgrid
+    except ImportError:
+        raise ImportError("TextGrid output needs praatio: pip install -e '.[align]'") from None
+
+    grid = textgrid.Textgrid()
+    end = max([alignment.duration] + [s.end for s in alignment.spans("token") if s.end is not None])
+    for name, level_ in (("lines", "line"), ("words", "word"), ("tokens", "token")):
+        entries = [(s.start, s.end, s.text) for s in alignment.spans(level_) if s.start is not None]
+        grid.addTier(textgrid.IntervalTier(name, entries, 0.0, end))
+    with atomic_output(path) as tmp:
+        grid.save(str(tmp), format="long_textgrid", includeBlankSpaces=True, reportingMode="error")
