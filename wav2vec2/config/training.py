@@ -50,6 +50,16 @@ class DataConfig:
     """Batch sizes are below this or a multiple of it (fairseq default 8)."""
     num_workers: int = 6
     """DataLoader worker processes per rank (0 loads in the training process)."""
+    train_shards: str = ""
+    """Pretraining: read the training set from this directory of tar shards
+    (`wav2vec2-shards MANIFEST DIR` writes them from any manifest) instead of
+    `{train_subset}.tsv`: a few large files read shard by shard instead of one open per
+    utterance (`wav2vec2/data/shards.py`). Validation still reads `{valid_subset}.tsv`. ""
+    reads the manifest."""
+    shuffle_buffer: int = 10_000
+    """With `train_shards`: utterances per batching window. Batches are made within a window
+    of this many consecutive utterances of a rank's shards, not over the whole corpus: larger
+    is closer to per-file shuffling, at no memory cost (lengths come from the index)."""
     bad_files: str = "error"
     """A missing, unreadable, empty, truncated, wrong-rate or NaN/inf audio file found
     while training or validating: "error" stops, naming the file and its manifest line;

@@ -185,6 +185,11 @@ class RawAudioDataset(torch.utils.data.Dataset):
         return cls(f"{self.describe(index)}: {reason}{hint}", reason)
 
     def _load(self, index: int) -> dict:
+        return self._checked(index, *self._read(index))
+
+    def _read(self, index: int) -> tuple[np.ndarray, int, str]:
+        """The item's samples as stored, (L, channels) float32, with the sample rate and the
+        libsndfile subtype; raises `BadAudioFile`. A segment row seeks to its start."""
         path = self._abspath(index)
         if not os.path.isfile(path):
             raise self._bad(index, "audio file not found", cls=MissingAudioFile)
@@ -193,18 +198,23 @@ class RawAudioDataset(torch.utils.data.Dataset):
         start, wanted = int(self.starts[index]), int(self.manifest_sizes[index])
         try:
             with sf.SoundFile(path) as f:
-                sr, subtype = f.samplerate, f.subtype
                 if start >= 0 and start + wanted > f.frames:
                     raise self._bad(index, f"segment [{start}, {start + wanted}) ends past the file's {f.frames} "
                                            "samples", "; rebuild the manifest")
                 if start >= 0:
                     f.seek(start)
                 wav = f.read(frames=wanted if start >= 0 else -1, dtype="float32", always_2d=True)  # (L, channels)
+                return wav, f.samplerate, f.subtype
         except BadAudioFile:
             raise
         except Exception as e:  # libsndfile errors come as several types
             # libsndfile's own words, without the path we already name
             raise self._bad(index, f"cannot read audio ({getattr(e, 'error_string', e)})") from e
+
+    def _checked(self, index: int, wav: np.ndarray, sr: int, subtype: str) -> dict:
+        """The item from what `_read` returned, after the checks every reader shares: length,
+        finite samples, sample rate; mono, resampled and normalised as configured."""
+        wanted = int(self.manifest_sizes[index])
         if len(wav) == 0:
             raise self._bad(index, "empty (0 samples)")
         if len(wav) != wanted:

@@ -17,6 +17,7 @@ import torch
 
 from wav2vec2.data.batching import STREAM_CROP, TokenBudgetBatchSampler, batch_seed
 from wav2vec2.data.dataset import Collater, RawAudioDataset
+from wav2vec2.data.shards import ShardBatchSampler, ShardedAudioDataset
 
 BatchKey = tuple[int, list[int]]  # (crop seed, dataset indices)
 
@@ -47,6 +48,16 @@ class _CollatedBatches(torch.utils.data.Dataset):
     def __getitem__(self, key: BatchKey) -> dict[str, torch.Tensor]:
         seed, indices = key
         return self.collater([self.dataset[i] for i in indices], crop_seed=seed)
+
+
+def make_batch_sampler(dataset: RawAudioDataset, *, shuffle_buffer: int = 10_000, **kwargs: Any,
+                       ) -> TokenBudgetBatchSampler:
+    """The batch sampler a dataset is read with: shard by shard for a `ShardedAudioDataset`
+    (`shuffle_buffer` utterances per window), else over the whole manifest. `kwargs` are
+    `TokenBudgetBatchSampler`'s."""
+    if isinstance(dataset, ShardedAudioDataset):
+        return ShardBatchSampler(dataset.shard_of, dataset.sizes, shuffle_buffer=shuffle_buffer, **kwargs)
+    return TokenBudgetBatchSampler(dataset.sizes, **kwargs)
 
 
 def build_dataloader(

@@ -31,7 +31,9 @@ import torch
 from omegaconf import OmegaConf
 
 from wav2vec2.config import TrainConfig, validate
-from wav2vec2.data import STREAM_TRAIN, STREAM_VALID, BatchStream, TokenBudgetBatchSampler, batch_seed, build_dataloader
+from wav2vec2.data import (
+    STREAM_TRAIN, STREAM_VALID, BatchStream, TokenBudgetBatchSampler, batch_seed, build_dataloader, make_batch_sampler,
+)
 from wav2vec2.files import atomic_write
 from wav2vec2.tasks.base import Task
 from wav2vec2.train import cadence, checkpoint as ckpt, distributed as dist_utils, resume, rng
@@ -125,8 +127,9 @@ class Trainer:
         d = self.cfg.data
         # Every batch is dealt, ranks uneven (fairseq): training pads the short ranks with a
         # stand-in batch (`data.loader.Update`); validation runs the unwrapped model, no collectives.
-        return TokenBudgetBatchSampler(
-            dataset.sizes, max_tokens=d.max_tokens, describe=dataset.describe, sample_rate=d.sample_rate,
+        return make_batch_sampler(  # shard by shard for `data.train_shards`
+            dataset, shuffle_buffer=d.shuffle_buffer, max_tokens=d.max_tokens, describe=dataset.describe,
+            sample_rate=d.sample_rate,
             max_sentences=d.max_sentences, required_batch_size_multiple=d.required_batch_size_multiple,
             seed=self.cfg.seed, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=train,
             drop_last=train and self.cfg.optim.updates_span_epochs,  # updates across epochs: even ranks
