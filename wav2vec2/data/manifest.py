@@ -24,10 +24,12 @@ import glob
 import logging
 import os
 import random
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import soundfile as sf
+from tqdm import tqdm
 
 from wav2vec2.files import atomic_write
 
@@ -178,16 +180,19 @@ def write_manifest(path: str | os.PathLike, root: str, entries: list[Entry]) -> 
     write_rows(path, Manifest([root], [Row(rel, n) for rel, n in entries]))
 
 
-def find_audio(root: str, exts: list[str], path_must_contain: str | None = None) -> list[str]:
+def find_audio(root: str, exts: list[str], path_must_contain: str | None = None, *,
+               progress: bool = False) -> list[str]:
     """Real paths of files under `root` ending in any of `exts`, sorted.
 
     Uses the same recursive glob as fairseq (case-sensitive, hidden files skipped).
     Sorting makes the train/valid split independent of file-system listing order.
+    `progress` counts the files found on a bar (a scan of millions takes minutes).
     """
     paths: set[str] = set()
     for ext in exts:
         pattern = os.path.join(glob.escape(root), "**", "*." + ext.lstrip("."))
-        for p in glob.iglob(pattern, recursive=True):
+        found = glob.iglob(pattern, recursive=True)
+        for p in tqdm(found, unit="file", desc=f"scanning {root} for .{ext.lstrip('.')}") if progress else found:
             real = os.path.realpath(p)
             if os.path.isfile(real) and (not path_must_contain or path_must_contain in real):
                 paths.add(real)
@@ -262,7 +267,10 @@ def build_manifest(
             raise ValueError(f"root {r!r} is not a directory")
     if len(set(roots)) != len(roots):
         raise ValueError(f"the same root given twice: {roots}")
-    found = [(i, p) for i, r in enumerate(roots) for p in find_audio(r, exts, path_must_contain)]
+    started = time.perf_counter()
+    found = [(i, p) for i, r in enumerate(roots) for p in find_audio(r, exts, path_must_contain, progress=progress)]
+    logger.info("found %d files in %.0f s; reading their headers with %d process(es)", len(found),
+                time.perf_counter() - started, num_workers)
     if not found:
         raise ValueError(
             f"no audio under {', '.join(map(repr, roots))} with extension(s) {', '.join(exts)}"
@@ -318,6 +326,4 @@ def _used_roots(roots: list[str], rows: list[Row]) -> Manifest:
 def _with_progress(it, total: int, enabled: bool):
     if not enabled:
         return it
-    from tqdm import tqdm
-
     return tqdm(it, total=total, unit="file", desc="reading headers", smoothing=0.05)
