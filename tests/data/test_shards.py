@@ -4,6 +4,8 @@ exactly mid-epoch through the trainer."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from wav2vec2.data.shards import main as shards_main
 from wav2vec2.files import load_checkpoint
 from wav2vec2.train import checkpoint as ckpt
 
-from helpers import make_trainer, records
+from helpers import REPO, TRAIN_SCRIPT, free_port, make_trainer, records, script_env
 
 
 @pytest.fixture
@@ -136,3 +138,30 @@ def test_the_writer_cli_and_errors_name_the_file(packed, tmp_path: Path, capsys)
     with pytest.raises(ValueError, match="1 shards for 2 ranks"):
         ShardBatchSampler(np.zeros(4, dtype=np.int64), np.full(4, 16000), shuffle_buffer=4, max_tokens=64000,
                           num_replicas=2, rank=0)
+
+
+@pytest.mark.slow  # 35 s: three two-rank launches
+def test_torchrun_fsdp_on_shards_resumes_exactly(packed, tiny_corpus: Path, tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node=2 scripts/train.py ... data.train_shards=DIR
+    distributed.strategy=fsdp`: each rank reads its own shards (two workers each), and a run
+    stopped at update 2 and rerun to 5 equals an uninterrupted one bit for bit."""
+    _, shards = packed
+
+    def torchrun(run: Path, *overrides: str) -> None:
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
+             TRAIN_SCRIPT, f"data.manifest_dir={tiny_corpus}", f"run_dir={run}", "optim.max_update=5",
+             f"data.train_shards={shards}", "data.shuffle_buffer=8", "data.num_workers=2",
+             "logging.tensorboard=false", "distributed.strategy=fsdp", *overrides],
+            env=script_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    torchrun(straight)
+    torchrun(stopped, "train.stop_at_update=2")
+    torchrun(stopped)
+    a, b = load_checkpoint(straight / ckpt.LAST), load_checkpoint(stopped / ckpt.LAST)
+    assert a["num_updates"] == b["num_updates"] == 5 and a["world_size"] == 2
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert [r["loss"] for r in records(straight)] == [r["loss"] for r in records(stopped)]
