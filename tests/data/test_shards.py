@@ -128,6 +128,8 @@ def test_the_writer_cli_and_errors_name_the_file(packed, tmp_path: Path, capsys)
     manifest_path, _ = packed
     assert shards_main([str(manifest_path), str(tmp_path / "cli"), "--shard-mb", "0.2", "--no-progress"]) == 0
     assert "22 utterances" in capsys.readouterr().out
+    assert shards_main([str(manifest_path), str(manifest_path), str(tmp_path / "two"), "--no-progress"]) == 0
+    assert "44 utterances" in capsys.readouterr().out  # several manifests packed together
     assert len(read_index(tmp_path / "cli").shards) >= 2
     with pytest.raises(FileNotFoundError, match=f"no index.tsv in {tmp_path / 'empty'}"):
         ShardedAudioDataset(tmp_path / "empty")

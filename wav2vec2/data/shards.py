@@ -105,9 +105,10 @@ def read_index(directory: str | os.PathLike) -> ShardIndex:
                       np.array(columns[4], dtype=np.int64), columns[1], columns[5])
 
 
-def write_shards(manifest_path: str | os.PathLike, dest: str | os.PathLike, *, shard_mb: float = 256.0,
+def write_shards(manifest_path: str | os.PathLike | list, dest: str | os.PathLike, *, shard_mb: float = 256.0,
                  seed: int = 0, progress: bool = False) -> ShardIndex:
-    """Pack the rows of a manifest into `dest/shard-000000.tar`... and `dest/index.tsv`.
+    """Pack the rows of a manifest (or of several: a list) into `dest/shard-000000.tar`...
+    and `dest/index.tsv`.
 
     Rows are packed in an order shuffled with `seed` (each shard a random sample of the
     corpus); a shard closes once it holds `shard_mb` megabytes. A whole file's bytes are
@@ -116,15 +117,15 @@ def write_shards(manifest_path: str | os.PathLike, dest: str | os.PathLike, *, s
     and the index last, so a killed packing leaves no index that names a torn shard.
     """
     dest = os.fspath(dest)
-    manifest = read_rows(manifest_path)
+    paths = manifest_path if isinstance(manifest_path, list) else [manifest_path]
+    rows = [(m.abspath(row), row) for m in map(read_rows, paths) for row in m.rows]
     os.makedirs(dest, exist_ok=True)
-    order = np.random.RandomState(seed).permutation(len(manifest.rows))
+    order = np.random.RandomState(seed).permutation(len(rows))
     lines, num_shards, shard_bytes = [_HEADER], 0, 0
     with contextlib.ExitStack() as shard:  # the open shard: renamed into place when closed
         tar, shard_name = None, ""
         for count, i in enumerate(_progress(order) if progress else order):
-            row = manifest.rows[i]
-            path = manifest.abspath(row)
+            path, row = rows[i]
             data, ext = _member(path, row.start, row.num_samples)
             if tar is None:
                 shard_name, num_shards = f"shard-{num_shards:06d}.tar", num_shards + 1
@@ -300,9 +301,11 @@ class ShardBatchSampler(TokenBudgetBatchSampler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`wav2vec2-shards MANIFEST DEST`: pack a manifest into tar shards for `data.train_shards`."""
+    """`wav2vec2-shards MANIFEST [MANIFEST ...] DEST`: pack manifests into tar shards for
+    `data.train_shards`."""
     parser = argparse.ArgumentParser(prog="wav2vec2-shards", description=main.__doc__)
-    parser.add_argument("manifest", help="a manifest (fairseq's, or with segments and several roots)")
+    parser.add_argument("manifest", nargs="+", help="manifests (fairseq's, or with segments and several roots), "
+                                                    "packed together")
     parser.add_argument("dest", help="directory for shard-*.tar and index.tsv")
     parser.add_argument("--shard-mb", type=float, default=256.0, help="megabytes per shard (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the packing order")
