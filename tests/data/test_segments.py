@@ -92,23 +92,25 @@ def _alignment(path: Path, lines: list[tuple[str, float | None, float | None, fl
     return Alignment(file=str(path), duration=10.0, lines=aligned).to_dict()
 
 
-def test_alignment_lines_become_rows_with_their_text(recordings: Path, tmp_path: Path) -> None:
+def test_alignment_lines_become_rows_with_their_text(recordings: Path, tmp_path: Path, capsys) -> None:
     audio = Path(read_rows(recordings).roots[0])
     lines = [("HELLO  THERE", 1.0, 3.0, 0.9), ("not found", None, None, None), ("MUMBLE", 3.05, 4.6, 0.2),
              ("AND THEN", 6.6, 9.6, 0.8)]
     (tmp_path / "a.json").write_text(json.dumps(_alignment(audio / "a.wav", lines)))
-    b = [json.dumps(_alignment(audio / "b.wav", [("B ONE", 0.5, 2.0, 0.7), ("B LONG", 2.2, 10.0, 0.95)]))]
+    b = [json.dumps(_alignment(audio / "b.wav", [("B ONE", 0.5, 2.0, 0.7), ("B LONG", 2.2, 10.0, 0.95)])),
+         json.dumps({"file": str(audio / "broken.wav"), "error": "cannot read audio"})]  # align.py's failure row
     (tmp_path / "b.jsonl").write_text("\n".join(b) + "\n")
     dest = tmp_path / "aligned.tsv"
     counts = segment_alignments([tmp_path / "a.json", tmp_path / "b.jsonl"], dest, max_seconds=7,
                                 min_seconds=1, min_score=0.5, pad=0.1)
-    assert counts == {"files": 2, "lines": 6, "segments": 3, "not_found": 1, "low_score": 1, "length": 1}
+    assert counts == {"files": 2, "failed": 1, "lines": 6, "segments": 3, "not_found": 1, "low_score": 1, "length": 1}
     rows = read_rows(dest).rows
     # 0.1 s of padding, but only half the 0.05 s gap to the next line found (scored or not)
     assert [(r.path, r.start, r.num_samples) for r in rows] == [
         ("a.wav", int(0.9 * RATE), int(2.125 * RATE)), ("a.wav", int(6.5 * RATE), int(3.2 * RATE)),
         ("b.wav", int(0.4 * RATE), int(1.7 * RATE))]
     assert (tmp_path / "aligned.wrd").read_text().splitlines() == ["HELLO THERE", "AND THEN", "B ONE"]
+    assert "broken.wav' (" in capsys.readouterr().err
 
 
 def test_alignment_errors_name_the_file(recordings: Path, tmp_path: Path, capsys) -> None:

@@ -174,13 +174,16 @@ def segment_alignments(sources: list[str | os.PathLike], dest: str | os.PathLike
     if not 0 < min_seconds <= max_seconds:
         raise ValueError(f"need 0 < --min-seconds <= --max-seconds, got {min_seconds} and {max_seconds}")
     found: list[tuple[str, list[tuple[int, int, str]]]] = []
-    counts = {"files": 0, "lines": 0, "segments": 0, "not_found": 0, "low_score": 0, "length": 0}
+    counts = {"files": 0, "failed": 0, "lines": 0, "segments": 0, "not_found": 0, "low_score": 0, "length": 0}
     for source in sources:
         for k, alignment in enumerate(read_alignments(source), start=1):
             where = f"{os.fspath(source)}:{k}"
-            if "error" in alignment or "lines" not in alignment:
-                raise ValueError(f"{where}: no alignment for {alignment.get('file')!r} "
-                                 f"({alignment.get('error', 'no lines')})")
+            if "error" in alignment:  # align.py could not align this file: reported, not fatal
+                counts["failed"] += 1
+                print(f"skipped {alignment.get('file')!r} ({where}): {alignment['error']}", file=sys.stderr)
+                continue
+            if "lines" not in alignment or "file" not in alignment:
+                raise ValueError(f"{where}: not an alignment from scripts/align.py (no 'file' or 'lines')")
             path = alignment["file"]
             if not os.path.isfile(path):
                 path = os.path.join(os.path.dirname(os.fspath(source)), path)
@@ -195,7 +198,7 @@ def segment_alignments(sources: list[str | os.PathLike], dest: str | os.PathLike
             counts["lines"] += len(alignment["lines"])
             for key, n in why.items():
                 counts[key] += n
-    if not any(spans for _, spans in found):
+    if not any(spans for _, spans in found):  # also when nothing could be aligned at all
         raise ValueError(f"no line of {counts['lines']} in {len(sources)} alignment file(s) was kept: "
                          f"{counts['not_found']} not found, {counts['low_score']} below --min-score {min_score}, "
                          f"{counts['length']} outside [--min-seconds, --max-seconds]")
@@ -249,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                                         min_seconds=args.min_seconds, min_score=args.min_score, pad=args.pad)
             print(f"{counts['segments']} segments from {counts['lines']} aligned lines of {counts['files']} files "
                   f"into {args.dest}; left out: {counts['not_found']} not found, {counts['low_score']} scoring "
-                  f"under {args.min_score}, {counts['length']} too short or too long")
+                  f"under {args.min_score}, {counts['length']} too short or too long; {counts['failed']} files "
+                  "align.py could not align")
             return 0
         counts = segment_manifest(args.src[0], args.dest, max_seconds=args.max_seconds,
                                   min_seconds=args.min_seconds, threshold_db=args.threshold_db if args.vad else None,
