@@ -33,7 +33,7 @@ Checkpoints: gathered full state dicts (`torch.distributed.checkpoint.state_dict
 run's: one file written by `files.atomic_write`, read by every tool (`load_model`,
 `continue_from`), resumable on any world size and under either strategy. The price is that
 rank 0 holds the whole model and Adam's moments in CPU memory while saving (16 bytes per
-parameter: 112 GB at 7B, docs/training.md); past that, DCP's sharded save is the next step.
+parameter: 104 GB at omniASR-W2V-7B's 6.49B, docs/training.md); past that, DCP's sharded save is the next step.
 """
 
 from __future__ import annotations
