@@ -1,5 +1,6 @@
-"""The `shards` loader section end to end on a few seconds of audio, and the `fsdp-plan`
-memory model: real parameter counts, its parts, and what checkpointing and sharding change."""
+"""The `shards` loader section end to end on a few seconds of audio; the `fsdp-plan` memory
+model: real parameter counts, its parts, and what checkpointing and sharding change; the
+`fsdp-memory` measurement on two gloo ranks of the tiny model."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 
 from wav2vec2.bench.cli import main
 from wav2vec2.bench.fsdp_plan import GB, count_parameters, max_frames, memory_model, model_config
+
+from helpers import free_port
 
 
 def test_bench_shards_smoke(tmp_path, capsys) -> None:
@@ -49,3 +52,14 @@ def test_7b_needs_sharding() -> None:
     cfg = model_config("7B")
     assert memory_model(cfg, frames=1, strategy="ddp")["states"] > 80 * GB  # Adam + fp32 weights alone
     assert max_frames(cfg, strategy="ddp", checkpointing=True) == 0 < max_frames(cfg, strategy="fsdp")
+
+
+def test_fsdp_memory_halves_what_a_rank_holds(tmp_path, capsys) -> None:
+    """Two gloo ranks of the tiny model: FSDP2's parameters and Adam moments per rank are half
+    of DDP's (up to the padding of uneven shards); the measurement runs end to end."""
+    main(["fsdp-memory", "--sizes", "TINY", "--port", str(free_port()), "--json", str(tmp_path / "r.json")])
+    assert "TINY" in capsys.readouterr().out
+    ddp, fsdp = json.loads((tmp_path / "r.json").read_text())
+    assert (ddp["name"], fsdp["name"]) == ("TINY ddp", "TINY fsdp")
+    assert fsdp["states_mb"] == pytest.approx(ddp["states_mb"] / 2, rel=0.05)
+    assert all(r["peak_mem_mb"] >= r["after_mb"] > 0 and len(r["per_rank_peak_mb"]) == 2 for r in (ddp, fsdp))

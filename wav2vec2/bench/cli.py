@@ -20,6 +20,7 @@ from wav2vec2.bench import fairseq_worker
 from wav2vec2.bench.common import ROWS, write_rows
 from wav2vec2.bench.ctc import bench_ctc
 from wav2vec2.bench.data import bench_data
+from wav2vec2.bench.fsdp_memory import PRESETS, bench_fsdp_memory
 from wav2vec2.bench.fsdp_plan import SHAPES, bench_fsdp_plan
 from wav2vec2.bench.mask import bench_mask
 from wav2vec2.bench.memory import bench_memory, child_main
@@ -120,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--frames", type=int, default=3750, help="frames per GPU (1.2M samples: 3,750)")
     plan.add_argument("--json", default=None, help="also write results to this file")
     plan.set_defaults(func=bench_fsdp_plan)
+
+    fsdp_mem = sub.add_parser("fsdp-memory", help="measured: peak memory per rank of BASE and LARGE updates under "
+                                                  "DDP and FSDP2, gloo ranks on CPU")
+    fsdp_mem.add_argument("--sizes", nargs="+", default=["BASE", "LARGE"], choices=list(PRESETS))
+    fsdp_mem.add_argument("--strategies", nargs="+", default=["ddp", "fsdp"], choices=["ddp", "fsdp"])
+    fsdp_mem.add_argument("--ranks", type=int, default=2)
+    fsdp_mem.add_argument("--batch", type=int, default=2)
+    fsdp_mem.add_argument("--seconds", type=float, default=2.0)
+    fsdp_mem.add_argument("--port", type=int, default=29533, help="first rendezvous port (one per row)")
+    fsdp_mem.add_argument("--json", default=None, help="also write results to this file")
+    fsdp_mem.set_defaults(func=bench_fsdp_memory)
 
     align = sub.add_parser("align", help="forced alignment of real speech: boundary errors, time and memory, "
                                          "vs ctc-segmentation and torchaudio")
