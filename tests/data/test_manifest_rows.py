@@ -22,6 +22,8 @@ from wav2vec2.data import (
 )
 from wav2vec2.data.dataset import BadAudioFile
 
+from helpers import make_trainer, records
+
 RATE = 16000
 
 
@@ -108,3 +110,24 @@ def test_malformed_extensions_name_their_line(tmp_path, body: str, line: int, wh
     (tmp_path / "m.tsv").write_text(body)
     with pytest.raises(ValueError, match=rf"m.tsv:{line}: .*{what}"):
         read_rows(tmp_path / "m.tsv")
+
+
+def test_a_segment_and_multi_root_manifest_trains(tiny_corpus, make_tiny_cfg, tmp_path) -> None:
+    """The tiny preset trains on a manifest of segments of long files on a second disk beside
+    whole files on the first: every item is read (none bad), the loss is finite."""
+    train = read_rows(tiny_corpus / "train.tsv")
+    disk2 = tmp_path / "disk2"
+    rows = list(train.rows)
+    for k in range(3):  # long recordings on another root, trained on as 1 s spans
+        _ramp_file(str(disk2 / f"long{k}.flac"), 4.0)
+        rows += [Row(f"long{k}.flac", RATE, start=s * RATE, root=1) for s in range(4)]
+    manifest_dir = tmp_path / "m"
+    manifest_dir.mkdir()
+    write_rows(manifest_dir / "train.tsv", Manifest([train.roots[0], str(disk2)], rows))
+    (manifest_dir / "valid.tsv").write_text((tiny_corpus / "valid.tsv").read_text())
+    trainer = make_trainer(make_tiny_cfg(f"data.manifest_dir={manifest_dir}", "optim.max_update=4",
+                                         "train.validate_every=0", "logging.log_every=1"))
+    trainer.fit()
+    losses = [r["loss"] for r in records(trainer.cfg.run_dir)]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert len(trainer.stream.sampler.sizes) == len(train.rows) + 12
