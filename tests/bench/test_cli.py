@@ -9,7 +9,8 @@ import pytest
 
 from wav2vec2.bench.cli import INTERNAL_COMMANDS, build_parser, main
 
-SECTIONS = ["train", "model", "mask", "memory", "scaling", "profile", "ctc", "all", "data", "align"]
+SECTIONS = ["train", "model", "mask", "memory", "scaling", "profile", "ctc", "all", "data", "shards", "fsdp-plan",
+            "fsdp-memory", "align"]
 
 
 def test_help_lists_the_sections_and_hides_the_internal_commands(capsys) -> None:
@@ -27,8 +28,8 @@ def test_each_section_has_help_and_parses_the_documented_flags(section, capsys) 
         main([section, "--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and "usage:" in out and "--json" in out
-    assert ("--corpus-dir" in out) == (section == "data")
-    assert ("--rounds" in out) == (section not in ("data", "align"))
+    assert ("--corpus-dir" in out) == (section in ("data", "shards"))
+    assert ("--rounds" in out) == (section not in ("data", "shards", "fsdp-plan", "fsdp-memory", "align"))
     if section == "align":
         args = build_parser().parse_args(["align", "--model", "m.pt", "--prompts", "a.tsv", "b.tsv", "--minutes",
                                           "1", "60", "--torchaudio-python", "/x/python", "--json", "r.json"])
@@ -40,6 +41,21 @@ def test_each_section_has_help_and_parses_the_documented_flags(section, capsys) 
         args = build_parser().parse_args(["data", "--seconds", "900", "--workers", "0", "1", "--json", "r.json"])
         assert (args.seconds, args.workers, args.json) == (900.0, [0, 1], "r.json")
         assert args.func.__name__ == "bench_data"
+        return
+    if section == "shards":
+        args = build_parser().parse_args(["shards", "--seconds", "1800", "--min-seconds", "2", "--max-seconds", "6",
+                                          "--workers", "0", "2", "--shard-mb", "8", "--json", "r.json"])
+        assert (args.seconds, args.min_seconds, args.workers, args.shard_mb) == (1800.0, 2.0, [0, 2], 8.0)
+        assert args.func.__name__ == "bench_shards"
+        return
+    if section == "fsdp-memory":
+        args = build_parser().parse_args(["fsdp-memory", "--sizes", "BASE", "--strategies", "fsdp", "--ranks", "2"])
+        assert (args.sizes, args.strategies, args.ranks, args.func.__name__) == (["BASE"], ["fsdp"], 2,
+                                                                                 "bench_fsdp_memory")
+        return
+    if section == "fsdp-plan":
+        args = build_parser().parse_args(["fsdp-plan", "--sizes", "1B", "7B", "--gpus", "8", "--card-gb", "80"])
+        assert (args.sizes, args.gpus, args.card_gb, args.func.__name__) == (["1B", "7B"], 8, 80.0, "bench_fsdp_plan")
         return
     # The flags docs/performance.md and README.md show, on every model section (`all` passes them on).
     args = build_parser().parse_args([section, "--full", "--precision", "fp32", "--rounds", "3", "--reps", "1",

@@ -118,6 +118,19 @@ def test_unreadable_and_empty_files_are_reported(corpus, tmp_path):
     assert dict(entries) == files
 
 
+def test_header_readers_in_parallel_write_what_one_writes(corpus, tmp_path, capsys):
+    """--workers splits the header reads, with progress bars, and changes nothing written."""
+    root, _ = corpus
+    open(os.path.join(root, "zero_bytes.flac"), "wb").close()
+    one = build_manifest(root, str(tmp_path / "one"), exts=["flac"], valid_percent=0.3, num_workers=1)
+    two = build_manifest(root, str(tmp_path / "two"), exts=["flac"], valid_percent=0.3, num_workers=2, progress=True)
+    assert str(one) == str(two) and len(two.rejected) == 1
+    for name in ("train.tsv", "valid.tsv", "rejected.tsv"):
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
+    err = capsys.readouterr().err
+    assert "scanning" in err and "reading headers" in err
+
+
 def test_directory_without_audio(tmp_path):
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "readme.txt").write_text("hi")

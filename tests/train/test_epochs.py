@@ -25,9 +25,9 @@ def _utterances_per_update(make_ctc_cfg, *overrides: str) -> list[list[int]]:
     seen = []
     real_step = trainer.train_step
 
-    def step(micro, *, stand_in=False):
+    def step(micro, *, stand_in=False, **kwargs):  # kwargs: FSDP's padding forwards
         seen.append([] if stand_in else [int(i) for _, _, batch in micro for i in batch["id"]])
-        return real_step(micro, stand_in=stand_in)
+        return real_step(micro, stand_in=stand_in, **kwargs)
 
     trainer.train_step = step
     trainer.fit()

@@ -33,9 +33,9 @@ def _worker(rank: int, world_size: int, port: int, cfg: TrainConfig, out: str) -
     trainer = make_trainer(cfg)
     real_step, stand_ins = trainer.train_step, []
 
-    def step(micro, *, stand_in=False):
+    def step(micro, *, stand_in=False, **kwargs):
         stand_ins.append(stand_in)
-        return real_step(micro, stand_in=stand_in)
+        return real_step(micro, stand_in=stand_in, **kwargs)
 
     trainer.train_step = step
     trainer.fit()

@@ -20,10 +20,13 @@ from wav2vec2.bench import fairseq_worker
 from wav2vec2.bench.common import ROWS, write_rows
 from wav2vec2.bench.ctc import bench_ctc
 from wav2vec2.bench.data import bench_data
+from wav2vec2.bench.fsdp_memory import PRESETS, bench_fsdp_memory
+from wav2vec2.bench.fsdp_plan import SHAPES, bench_fsdp_plan
 from wav2vec2.bench.mask import bench_mask
 from wav2vec2.bench.memory import bench_memory, child_main
 from wav2vec2.bench.profiling import bench_profile
 from wav2vec2.bench.scaling import bench_scaling
+from wav2vec2.bench.shards import bench_shards
 from wav2vec2.bench.train import bench_train
 
 INTERNAL_COMMANDS = {"_memory_child": child_main, "_fairseq_worker": fairseq_worker.main,
@@ -95,6 +98,40 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--corpus-dir", default=None, help="keep the generated corpus here")
     data.add_argument("--json", default=None, help="also write results to this file")
     data.set_defaults(func=bench_data)
+
+    shards = sub.add_parser("shards", help="loader throughput and open/seek calls: tar shards vs one file per "
+                                           "utterance, per worker")
+    shards.add_argument("--seconds", type=float, default=600.0, help="audio per format to generate")
+    shards.add_argument("--min-seconds", type=float, default=8.0, help="shortest utterance")
+    shards.add_argument("--max-seconds", type=float, default=16.0, help="longest utterance")
+    shards.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    shards.add_argument("--shard-mb", type=float, default=4.0, help="shard size (real corpora: 256+)")
+    shards.add_argument("--shuffle-buffer", type=int, default=10_000, help="data.shuffle_buffer")
+    shards.add_argument("--max-tokens", type=int, default=1_400_000, help="BASE recipe budget")
+    shards.add_argument("--max-sample-size", type=int, default=250_000, help="BASE recipe crop")
+    shards.add_argument("--corpus-dir", default=None, help="keep the generated corpus and shards here")
+    shards.add_argument("--json", default=None, help="also write results to this file")
+    shards.set_defaults(func=bench_shards)
+
+    plan = sub.add_parser("fsdp-plan", help="on paper: peak memory per GPU of 1B/2B/7B pretraining under DDP "
+                                            "and FSDP2, with and without activation checkpointing")
+    plan.add_argument("--sizes", nargs="+", default=["1B", "2B", "7B"], choices=list(SHAPES))
+    plan.add_argument("--gpus", type=int, default=8)
+    plan.add_argument("--card-gb", type=float, default=80.0)
+    plan.add_argument("--frames", type=int, default=3750, help="frames per GPU (1.2M samples: 3,750)")
+    plan.add_argument("--json", default=None, help="also write results to this file")
+    plan.set_defaults(func=bench_fsdp_plan)
+
+    fsdp_mem = sub.add_parser("fsdp-memory", help="measured: peak memory per rank of BASE and LARGE updates under "
+                                                  "DDP and FSDP2, gloo ranks on CPU")
+    fsdp_mem.add_argument("--sizes", nargs="+", default=["BASE", "LARGE"], choices=list(PRESETS))
+    fsdp_mem.add_argument("--strategies", nargs="+", default=["ddp", "fsdp"], choices=["ddp", "fsdp"])
+    fsdp_mem.add_argument("--ranks", type=int, default=2)
+    fsdp_mem.add_argument("--batch", type=int, default=2)
+    fsdp_mem.add_argument("--seconds", type=float, default=2.0)
+    fsdp_mem.add_argument("--port", type=int, default=29533, help="first rendezvous port (one per row)")
+    fsdp_mem.add_argument("--json", default=None, help="also write results to this file")
+    fsdp_mem.set_defaults(func=bench_fsdp_memory)
 
     align = sub.add_parser("align", help="forced alignment of real speech: boundary errors, time and memory, "
                                          "vs ctc-segmentation and torchaudio")

@@ -33,15 +33,17 @@ from wav2vec2.data import (
 GPU_AUDIO_SECONDS_PER_S = 1600.0
 
 
-def write_bench_corpus(root: str, *, total_seconds: float, seed: int) -> dict[str, str]:
-    """Same speech-like utterances (8-16 s, LibriSpeech-like) as FLAC and WAV; returns manifests."""
+def write_bench_corpus(root: str, *, total_seconds: float, seed: int, min_seconds: float = 8.0,
+                       max_seconds: float = 16.0) -> dict[str, str]:
+    """Same speech-like utterances (8-16 s by default, LibriSpeech-like) as FLAC and WAV;
+    returns manifests."""
     manifests = {ext: os.path.join(root, f"m_{ext}", "train.tsv") for ext in ("flac", "wav")}
     if all(os.path.exists(m) for m in manifests.values()):  # reuse a kept --corpus-dir
         return manifests
     rng = np.random.default_rng(seed)
     written, i = 0.0, 0
     while written < total_seconds:
-        n = int(rng.uniform(8.0, 16.0) * SAMPLE_RATE)
+        n = int(rng.uniform(min_seconds, max_seconds) * SAMPLE_RATE)
         wav = synth_utterance(n, sample_rate=SAMPLE_RATE, rng=rng)
         for ext in ("flac", "wav"):
             path = os.path.join(root, ext, f"spk{i % 10}", f"utt{i:05d}.{ext}")

@@ -19,6 +19,7 @@ from omegaconf import MISSING
 from wav2vec2.config.model import ModelConfig
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -49,6 +50,16 @@ class DataConfig:
     """Batch sizes are below this or a multiple of it (fairseq default 8)."""
     num_workers: int = 6
     """DataLoader worker processes per rank (0 loads in the training process)."""
+    train_shards: str = ""
+    """Pretraining: read the training set from this directory of tar shards
+    (`wav2vec2-shards MANIFEST DIR` writes them from any manifest) instead of
+    `{train_subset}.tsv`: a few large files read shard by shard instead of one open per
+    utterance (`wav2vec2/data/shards.py`). Validation still reads `{valid_subset}.tsv`. ""
+    reads the manifest."""
+    shuffle_buffer: int = 10_000
+    """With `train_shards`: utterances per batching window. Batches are made within a window
+    of this many consecutive utterances of a rank's shards, not over the whole corpus: larger
+    is closer to per-file shuffling, at no memory cost (lengths come from the index)."""
     bad_files: str = "error"
     """A missing, unreadable, empty, truncated, wrong-rate or NaN/inf audio file found
     while training or validating: "error" stops, naming the file and its manifest line;
@@ -122,6 +133,19 @@ class DistributedConfig:
     """Number of GPUs the recipe assumes (BASE 64, LARGE 128). If > 0, `optim.update_freq`
     becomes simulated_world_size / world_size, as fairseq's README advises, so the same
     preset gives the same global batch on 1, 8 or 64 GPUs. 0 disables."""
+    strategy: str = "ddp"
+    """How ranks share the model. "ddp": every rank holds all weights and Adam's moments,
+    gradients are all-reduced (fairseq's `c10d`). "fsdp": PyTorch's FSDP2 (`fully_shard`)
+    shards weights, gradients and Adam's moments over the ranks, one unit per Transformer
+    layer, one for the feature encoder, one for the quantizer, the rest with the root
+    (`train/sharding.py`): a model past ~1B parameters fits where DDP's copy would not.
+    Checkpoints hold gathered full weights either way, so a run may change strategy or
+    world size when it resumes. Under fsdp, LayerDrop draws are shared by all ranks."""
+    fsdp_reduce_every_micro_batch: bool = False
+    """fsdp with `optim.update_freq` > 1: false keeps each micro-batch's gradients unsharded
+    on the rank and reduce-scatters once per update (no extra communication; gradient memory
+    is that of the whole model, in fp32); true reduce-scatters after every micro-batch
+    (update_freq times the traffic; only a shard of the gradients is kept)."""
     backend: str = "auto"
     """torch.distributed backend: "auto" (nccl on CUDA, gloo on CPU), "nccl" or "gloo"."""
     find_unused_parameters: bool | None = None
@@ -273,6 +297,8 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> TrainConfig:
     o, d, p = cfg.optim, cfg.distributed, cfg.precision
     if p.dtype not in PRECISIONS:
         raise ValueError(f"precision.dtype must be one of {PRECISIONS}, got {p.dtype!r}")
+    if d.strategy not in STRATEGIES:
+        raise ValueError(f"distributed.strategy must be one of {STRATEGIES}, got {d.strategy!r}")
     if d.backend not in ("auto", "nccl", "gloo"):
         raise ValueError(f"distributed.backend must be auto, nccl or gloo, got {d.backend!r}")
     if cfg.train.device not in ("auto", "cpu", "cuda"):

@@ -21,6 +21,9 @@ STREAM_TRAIN = 1
 """The model's generator on a training batch: masks, negatives, Gumbel noise."""
 STREAM_VALID = 2
 """The same on a validation batch, so every validation of a run sees the same masks."""
+STREAM_LAYERDROP = 3
+"""LayerDrop under sharded training, seeded alike on every rank from (seed, update,
+micro-batch index) in place of (seed, epoch, position): `ContextNetwork.layerdrop_generator`."""
 
 
 def batch_seed(seed: int, epoch: int, position: int, *, stream: int) -> int:

@@ -1,9 +1,12 @@
-"""Raw-audio dataset over a fairseq manifest, and the two collations.
+"""Raw-audio dataset over a manifest (fairseq's, or with segments and several roots), and the
+two collations.
 
 Shapes: B batch, L waveform samples.
 
 Follows fairseq's `FileAudioDataset`: float32 via soundfile, multi-channel averaged to
-mono, whole-file normalisation before any crop, `min_sample_size` filtering at load.
+mono, whole-item normalisation before any crop, `min_sample_size` filtering at load. A
+segment row (`manifest.Row.start`) is read by seeking to its start, not by decoding the
+whole file, where the format allows it (WAV, FLAC, OGG... through libsndfile).
 Stricter than fairseq: a file whose length differs from its manifest entry (truncated
 or replaced since the manifest was written) is an error naming the file, as are missing,
 unreadable, empty, wrong-rate and NaN/inf files; `bad_files="skip"` replaces such items
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from wav2vec2.data.labels import PAD, Dictionary, class_indices, collate_targets, read_class_labels, read_label_file
-from wav2vec2.data.manifest import read_manifest
+from wav2vec2.data.manifest import read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +95,15 @@ class RawAudioDataset(torch.utils.data.Dataset):
         self.resample = resample
         self.pad = pad
 
-        root, entries = read_manifest(self.manifest_path)
+        manifest = read_rows(self.manifest_path)
+        entries = [(row.path, row.num_samples) for row in manifest.rows]
         if not entries:
             raise ValueError(
                 f"{self.manifest_path}: manifest lists no files (only the root line); "
                 "check --ext and the root directory used to build it"
             )
-        self.root = root
+        self.roots = manifest.roots
+        self.root = manifest.roots[0]
         min_keep = max(min_sample_size, 1)
         # Keep the manifest line of each item so errors can point at it (+2: 1-based, root line).
         keep = [i for i, (_, n) in enumerate(entries) if n >= min_keep]
@@ -116,6 +121,10 @@ class RawAudioDataset(torch.utils.data.Dataset):
         if not keep:
             raise ValueError(f"{self.manifest_path}: all {len(entries)} files are shorter than {limit}")
         self.paths = [entries[i][0] for i in keep]
+        self.root_index = np.array([manifest.rows[i].root for i in keep], dtype=np.int32)
+        self.starts = np.array([-1 if manifest.rows[i].start is None else manifest.rows[i].start for i in keep],
+                               dtype=np.int64)
+        """First sample of each segment row in its file; -1 for a whole file."""
         self.lines = np.asarray(keep, dtype=np.int64) + 2
         self.manifest_sizes = np.array([entries[i][1] for i in keep], dtype=np.int64)
         self.num_dropped = num_dropped
@@ -134,7 +143,7 @@ class RawAudioDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def _abspath(self, index: int) -> str:
-        return os.path.join(self.root, self.paths[index])
+        return os.path.join(self.roots[self.root_index[index]], self.paths[index])
 
     def describe(self, index: int) -> str:
         """The item's file and manifest line, for messages."""
@@ -169,28 +178,46 @@ class RawAudioDataset(torch.utils.data.Dataset):
                 continue  # reported when its own turn comes, not here
         raise BadAudioFile(
             f"data.bad_files=skip: {self.describe(index)} is bad, and so are the {len(candidates)} "
-            f"files tried in its place; is the corpus (root {self.root}) readable?"
+            f"files tried in its place; is the corpus (roots {', '.join(self.roots)}) readable?"
         )
 
     def _bad(self, index: int, reason: str, hint: str = "", *, cls: type = BadAudioFile) -> BadAudioFile:
         return cls(f"{self.describe(index)}: {reason}{hint}", reason)
 
     def _load(self, index: int) -> dict:
+        return self._checked(index, *self._read(index))
+
+    def _read(self, index: int) -> tuple[np.ndarray, int, str]:
+        """The item's samples as stored, (L, channels) float32, with the sample rate and the
+        libsndfile subtype; raises `BadAudioFile`. A segment row seeks to its start."""
         path = self._abspath(index)
         if not os.path.isfile(path):
             raise self._bad(index, "audio file not found", cls=MissingAudioFile)
         if os.path.getsize(path) == 0:
             raise self._bad(index, "empty file (0 bytes)")
+        start, wanted = int(self.starts[index]), int(self.manifest_sizes[index])
         try:
             with sf.SoundFile(path) as f:
-                sr, subtype = f.samplerate, f.subtype
-                wav = f.read(dtype="float32", always_2d=True)  # (L, channels)
+                if start >= 0 and start + wanted > f.frames:
+                    raise self._bad(index, f"segment [{start}, {start + wanted}) ends past the file's {f.frames} "
+                                           "samples", "; rebuild the manifest")
+                if start >= 0:
+                    f.seek(start)
+                wav = f.read(frames=wanted if start >= 0 else -1, dtype="float32", always_2d=True)  # (L, channels)
+                return wav, f.samplerate, f.subtype
+        except BadAudioFile:
+            raise
         except Exception as e:  # libsndfile errors come as several types
             # libsndfile's own words, without the path we already name
             raise self._bad(index, f"cannot read audio ({getattr(e, 'error_string', e)})") from e
+
+    def _checked(self, index: int, wav: np.ndarray, sr: int, subtype: str) -> dict:
+        """The item from what `_read` returned, after the checks every reader shares: length,
+        finite samples, sample rate; mono, resampled and normalised as configured."""
+        wanted = int(self.manifest_sizes[index])
         if len(wav) == 0:
             raise self._bad(index, "empty (0 samples)")
-        if len(wav) != self.manifest_sizes[index]:
+        if len(wav) != wanted:
             raise self._bad(index, f"file has {len(wav)} samples, manifest says {self.manifest_sizes[index]} "
                                    "(truncated or changed)", "; rebuild the manifest")
         # Only float files can hold NaN/inf, and one such sample poisons the whole run.

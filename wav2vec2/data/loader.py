@@ -17,6 +17,7 @@ import torch
 
 from wav2vec2.data.batching import STREAM_CROP, TokenBudgetBatchSampler, batch_seed
 from wav2vec2.data.dataset import Collater, RawAudioDataset
+from wav2vec2.data.shards import ShardBatchSampler, ShardedAudioDataset
 
 BatchKey = tuple[int, list[int]]  # (crop seed, dataset indices)
 
@@ -47,6 +48,16 @@ class _CollatedBatches(torch.utils.data.Dataset):
     def __getitem__(self, key: BatchKey) -> dict[str, torch.Tensor]:
         seed, indices = key
         return self.collater([self.dataset[i] for i in indices], crop_seed=seed)
+
+
+def make_batch_sampler(dataset: RawAudioDataset, *, shuffle_buffer: int = 10_000, **kwargs: Any,
+                       ) -> TokenBudgetBatchSampler:
+    """The batch sampler a dataset is read with: shard by shard for a `ShardedAudioDataset`
+    (`shuffle_buffer` utterances per window), else over the whole manifest. `kwargs` are
+    `TokenBudgetBatchSampler`'s."""
+    if isinstance(dataset, ShardedAudioDataset):
+        return ShardBatchSampler(dataset.shard_of, dataset.sizes, shuffle_buffer=shuffle_buffer, **kwargs)
+    return TokenBudgetBatchSampler(dataset.sizes, **kwargs)
 
 
 def build_dataloader(
@@ -117,6 +128,9 @@ class Update:
     """This rank's shard has no batch left for the update (it is one batch shorter than
     others'): `micro_batches` is one stand-in, the epoch's first batch, to run at zero weight
     so that the rank joins the gradient all-reduce. fairseq's dummy batch."""
+    padding: int = 0
+    """The last `padding` micro-batches are such stand-ins too, added so that this rank runs
+    as many forwards as rank 0 (`BatchStream(even_forwards=True)`, for FSDP); 0 otherwise."""
 
 
 class BatchStream:
@@ -145,13 +159,17 @@ class BatchStream:
         spans_epochs: bool = True,
         pin_memory: bool = False,
         timeout: float = 0.0,
+        even_forwards: bool = False,
     ) -> None:
+        """`even_forwards`: pad each update with zero-weight stand-ins to as many micro-batches
+        as rank 0's (whose share is never shorter), for FSDP, where every forward is a collective."""
         if not spans_epochs and sampler.drop_last:
             raise ValueError("updates within epochs need a sampler that deals every batch (drop_last=False)")
         self.sampler = sampler
         self.seed = seed
         self.update_freq = update_freq
         self.spans_epochs = spans_epochs
+        self.even_forwards = even_forwards
         self.loader = build_dataloader(
             dataset, sampler, seed=seed, num_workers=num_workers, pin_memory=pin_memory, timeout=timeout
         )
@@ -207,13 +225,14 @@ class BatchStream:
         epoch = self.epoch
         micro = [self.next() for slot in group if rank + slot * replicas < num_batches]
         stand_in = not micro
-        if stand_in:
-            micro = [self._stand_in(epoch)]
+        wanted = sum(slot * replicas < num_batches for slot in group) if self.even_forwards else 1  # rank 0's
+        padding = max(wanted - len(micro), 1 if stand_in else 0)
+        micro += [self._stand_in(epoch) for _ in range(padding)]
         end_of_epoch = group.stop == slots
         if end_of_epoch:
             self._next_epoch()
             self.sampler.set_epoch(self.epoch)  # so that a checkpoint now stores the next epoch
-        return Update(micro, epoch=epoch, end_of_epoch=end_of_epoch, stand_in=stand_in)
+        return Update(micro, epoch=epoch, end_of_epoch=end_of_epoch, stand_in=stand_in, padding=padding)
 
     def _stand_in(self, epoch: int) -> tuple[int, int, dict[str, Any]]:
         """The epoch's first batch (global position 0), read here: what a rank without a

@@ -1,4 +1,9 @@
-"""`wav2vec2-manifest`: scan a directory of audio into fairseq train/valid TSV manifests."""
+"""`wav2vec2-manifest`: scan directories of audio into train/valid TSV manifests.
+
+One directory gives fairseq's format; several (one corpus over several disks) give a
+manifest with one root line each (`wav2vec2/data/manifest.py`). Lengths come from the file
+headers, read by --workers processes with a progress bar; what was rejected, and why, is
+counted in the summary and listed in DEST/rejected.tsv."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from wav2vec2.data.manifest import build_manifest
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("root", help="directory to scan recursively")
+    parser.add_argument("root", nargs="+", help="directory to scan recursively; several for one corpus on several disks")
     parser.add_argument("--dest", default=".", help="output directory for train.tsv / valid.tsv")
     parser.add_argument("--ext", action="append", help="audio extension; repeat for several (default: flac)")
     parser.add_argument("--valid-percent", type=float, default=0.01, help="fraction of files for valid.tsv")
@@ -25,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = build_manifest(
-            args.root,
+            args.root if len(args.root) > 1 else args.root[0],
             args.dest,
             exts=args.ext or ["flac"],
             valid_percent=args.valid_percent,

@@ -140,6 +140,12 @@ class ContextNetwork(nn.Module):
         self.layer_norm = nn.LayerNorm(cfg.embed_dim)
         self.dropout = Dropout(cfg.dropout)
         self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.layerdrop_generator: torch.Generator | None = None
+        """Where LayerDrop draws come from: None is torch's global RNG (each rank its own
+        stream). Sharded training (`train/sharding.py`) sets a CPU generator that every rank
+        reseeds alike before each micro-batch: a layer skipped on one rank and run on another
+        would pair one rank's all-gather of its weights with another layer's on the next.
+        fairseq seeds every rank alike, so its LayerDrop is shared across ranks too."""
 
     def reset_parameters(self) -> None:
         """BERT init of every Linear in the encoder: N(0, 0.02) weights, zero bias.
@@ -197,7 +203,7 @@ class ContextNetwork(nn.Module):
             # LayerDrop: a CPU draw from torch's global RNG, so deciding needs no device sync.
             # fairseq runs the layer when u > p.
             drop = self.training and self.cfg.layerdrop > 0
-            if not drop or float(torch.rand(())) > self.cfg.layerdrop:
+            if not drop or float(torch.rand((), generator=self.layerdrop_generator)) > self.cfg.layerdrop:
                 if self.cfg.activation_checkpointing and self.training and torch.is_grad_enabled():
                     # Keeps only the layer's input; the recompute replays the dropout RNG.
                     x = checkpoint(layer, x, attn_bias, use_reentrant=False)

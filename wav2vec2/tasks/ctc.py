@@ -135,6 +135,9 @@ class CtcTask(Task):
 
     def build_dataset(self, subset: str) -> LabelledAudioDataset:
         d, t = self.cfg.data, self.task_cfg
+        if d.train_shards:
+            raise ValueError("data.train_shards: fine-tuning reads transcripts line-aligned with a manifest "
+                             "({subset}.tsv and .ltr); shards hold audio only. Drop data.train_shards")
         dataset = LabelledAudioDataset(
             self.manifest(subset), labels_path=Path(d.manifest_dir) / f"{subset}.{t.labels}",
             dictionary=self.dictionary, sample_rate=d.sample_rate, min_sample_size=d.min_sample_size,

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from wav2vec2.data import RawAudioDataset
+from wav2vec2.data import RawAudioDataset, ShardedAudioDataset
 from wav2vec2.model.losses import LN2, pretraining_loss
 from wav2vec2.config import with_architecture
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
@@ -129,6 +129,10 @@ class PretrainTask(Task):
 
     def build_dataset(self, subset: str) -> RawAudioDataset:
         d = self.cfg.data
+        if d.train_shards and subset == d.train_subset:
+            return ShardedAudioDataset(d.train_shards, sample_rate=d.sample_rate, min_sample_size=d.min_sample_size,
+                                       max_sample_size=d.max_sample_size or None, normalize=d.normalize,
+                                       bad_files=d.bad_files)
         return RawAudioDataset(
             self.manifest(subset), sample_rate=d.sample_rate,
             min_sample_size=d.min_sample_size, max_sample_size=d.max_sample_size or None,

@@ -9,10 +9,12 @@ checkpoint and a skipped fp16 update cannot advance it by accident.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from wav2vec2.config import SCHEDULES, OptimConfig, PrecisionConfig
 
@@ -33,11 +35,14 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     )
 
 
-def load_moments(optimizer: torch.optim.Optimizer, model: nn.Module, moments: dict[str, dict[str, Any]]) -> int:
+def load_moments(optimizer: torch.optim.Optimizer, model: nn.Module, moments: dict[str, dict[str, Any]], *,
+                 load: Callable[[torch.optim.Optimizer, dict[str, Any]], None] | None = None) -> int:
     """Give `optimizer` (`build_optimizer`'s) Adam's state from `moments` ({parameter name:
     {"step", "exp_avg", "exp_avg_sq"}}, e.g. a pretrained model's): parameters it names get
     their moments and step count, the others start fresh. Returns how many were given.
-    A shape that differs from the parameter's is an error naming it."""
+    A shape that differs from the parameter's is an error naming it. `load(optimizer, state)`
+    loads the full state built here (`ParallelModel.load_optimizer_state` shards it under
+    FSDP); default `optimizer.load_state_dict`."""
     index = {id(p): i for i, p in enumerate(optimizer.param_groups[0]["params"])}
     state = {}
     for name, p in model.named_parameters():
@@ -51,7 +56,8 @@ def load_moments(optimizer: torch.optim.Optimizer, model: nn.Module, moments: di
         state[index[id(p)]] = {"step": torch.tensor(float(m["step"]), dtype=torch.float32),
                                "exp_avg": m["exp_avg"].to(p.dtype), "exp_avg_sq": m["exp_avg_sq"].to(p.dtype)}
     saved = optimizer.state_dict()
-    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    full = {"state": state, "param_groups": saved["param_groups"]}
+    (load or type(optimizer).load_state_dict)(optimizer, full)
     return len(state)
 
 
@@ -204,5 +210,10 @@ def grad_norm(params: list[nn.Parameter], clip_norm: float) -> float:
     Returns inf or nan when a gradient overflowed, which is how fp16 overflow is detected.
     """
     max_norm = clip_norm if clip_norm > 0 else math.inf
-    norm = nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=False)
+    # clip_grad_norm_'s two halves, so that FSDP's sharded gradients (DTensors) give the norm
+    # over the whole model: their total is a partial sum until `full_tensor` all-reduces it.
+    norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], error_if_nonfinite=False)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return float(norm)

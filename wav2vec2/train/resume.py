@@ -81,7 +81,7 @@ def restore(trainer: Any) -> None:
     if start is None:
         moments = trainer.task.carried_moments()
         if moments is not None:
-            count = load_moments(trainer.optimizer, trainer.model, moments)
+            count = load_moments(trainer.optimizer, trainer.model, moments, load=trainer.parallel.load_optimizer_state)
             log.info("Adam's moments of %d parameters carried over from task.init", count)
         return
     check_fits(start, task=trainer.task.name, model=trainer.cfg.model)
@@ -91,10 +91,10 @@ def restore(trainer: Any) -> None:
 
 def load_into(trainer: Any, state: dict[str, Any], resets: Resets) -> None:
     """Restore what `Trainer.state_dict` saved into `trainer`, but for what `resets` leaves."""
-    trainer.model.load_state_dict(state["model"])
+    trainer.parallel.load_model_state(state["model"])
     trainer.task.load_state_dict(state.get("task_state", {}))
     if not resets.optimizer:
-        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.parallel.load_optimizer_state(trainer.optimizer, state["optimizer"])
         if trainer.scaler is not None and state.get("loss_scaler"):
             trainer.scaler.load_state_dict(state["loss_scaler"])
     if not resets.schedule:

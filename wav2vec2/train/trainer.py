@@ -2,7 +2,8 @@
 
 What is trained is the task's business (`wav2vec2.tasks`; the contract between the two is
 written in `tasks/base.py`): its model, data, loss and metrics. The loop owns everything
-else: devices, DDP, gradient accumulation with `no_sync`, precision and loss scaling,
+else: devices, DDP or FSDP (`sharding.py`), gradient accumulation without a reduction
+per micro-batch, precision and loss scaling,
 clipping, the lr schedule, logging, the validation cadence and checkpoints. What is not the
 loop itself sits beside it: `sums.py` (an update's sums, the task's apart from the loop's),
 `resume.py` (which checkpoint a run starts from, and whether it fits), `checkpoint.py`
@@ -30,10 +31,13 @@ import torch
 from omegaconf import OmegaConf
 
 from wav2vec2.config import TrainConfig, validate
-from wav2vec2.data import STREAM_TRAIN, STREAM_VALID, BatchStream, TokenBudgetBatchSampler, batch_seed, build_dataloader
+from wav2vec2.data import (
+    STREAM_TRAIN, STREAM_VALID, BatchStream, TokenBudgetBatchSampler, batch_seed, build_dataloader, make_batch_sampler,
+)
 from wav2vec2.files import atomic_write
 from wav2vec2.tasks.base import Task
 from wav2vec2.train import cadence, checkpoint as ckpt, distributed as dist_utils, resume, rng
+from wav2vec2.train.sharding import ParallelModel
 from wav2vec2.train.faults import BadFileLog, NonFiniteSkips
 from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging, stop_log_to_file
 from wav2vec2.train.optim import (
@@ -69,11 +73,13 @@ class Trainer:
         self.model = task.build_model().to(self.device)
         rng.seed_global_rngs(cfg.seed + self.dist.rank)
         unused = cfg.distributed.find_unused_parameters
-        self.ddp_model = dist_utils.data_parallel(
-            self.model, self.dist, find_unused_parameters=task.has_unused_parameters() if unused is None else unused)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(self.model, cfg.optim)
         self.precision = resolve_precision(cfg.precision.dtype, self.device)
+        self.parallel = ParallelModel(
+            self.model, self.dist, strategy=cfg.distributed.strategy, precision=self.precision,
+            find_unused_parameters=task.has_unused_parameters() if unused is None else unused,
+            reduce_every_micro_batch=cfg.distributed.fsdp_reduce_every_micro_batch)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # FSDP: their shards
+        self.optimizer = build_optimizer(self.model, cfg.optim)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.precision.tf32
             torch.backends.cudnn.allow_tf32 = cfg.precision.tf32
@@ -121,8 +127,9 @@ class Trainer:
         d = self.cfg.data
         # Every batch is dealt, ranks uneven (fairseq): training pads the short ranks with a
         # stand-in batch (`data.loader.Update`); validation runs the unwrapped model, no collectives.
-        return TokenBudgetBatchSampler(
-            dataset.sizes, max_tokens=d.max_tokens, describe=dataset.describe, sample_rate=d.sample_rate,
+        return make_batch_sampler(  # shard by shard for `data.train_shards`
+            dataset, shuffle_buffer=d.shuffle_buffer, max_tokens=d.max_tokens, describe=dataset.describe,
+            sample_rate=d.sample_rate,
             max_sentences=d.max_sentences, required_batch_size_multiple=d.required_batch_size_multiple,
             seed=self.cfg.seed, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=train,
             drop_last=train and self.cfg.optim.updates_span_epochs,  # updates across epochs: even ranks
@@ -134,7 +141,8 @@ class Trainer:
         return BatchStream(dataset, self._sampler(dataset, train=True), seed=self.cfg.seed,
                            update_freq=self.cfg.optim.update_freq, spans_epochs=self.cfg.optim.updates_span_epochs,
                            num_workers=self.cfg.data.num_workers, pin_memory=self.device.type == "cuda",
-                           timeout=60 * self.cfg.distributed.timeout_minutes)  # a hung worker, as a hung peer
+                           timeout=60 * self.cfg.distributed.timeout_minutes,  # a hung worker, as a hung peer
+                           even_forwards=self.parallel.even_forwards)
 
     def _build_valid_loader(self) -> torch.utils.data.DataLoader | None:
         if not self.cfg.data.valid_subset:
@@ -154,10 +162,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- one update
     def train_step(self, micro_batches: list[tuple[int, int, dict[str, Any]]], *,
-                   stand_in: bool = False) -> dict[str, float] | None:
+                   stand_in: bool = False, padding: int = 0) -> dict[str, float] | None:
         """Forward/backward over this rank's micro-batches, then one optimizer update.
-        With `stand_in` (`data.loader.Update`), the one micro-batch counts for nothing: its
-        loss is back-propagated at zero weight, so that this rank joins the all-reduce.
+        With `stand_in` (`data.loader.Update`), the micro-batches count for nothing, and so do
+        the last `padding` ones: their loss is back-propagated at zero weight, so that this
+        rank joins the all-reduce (and under FSDP runs as many forwards as the others).
 
         Returns the update's metrics, or None when the update is skipped: fp16 overflowed
         (the loss scaler lowers its scale), or in fp32/bf16 the loss or gradient norm is
@@ -165,22 +174,22 @@ class Trainer:
         optimizer and the update count (hence lr and any schedule of the task) as they
         were; its batches are consumed all the same.
         """
-        self.ddp_model.train()
+        self.parallel.module.train()
         loss_scale = self.scaler.scale if self.scaler is not None else 1.0
         self.optimizer.zero_grad(set_to_none=True)
         sums = Sums(self.task, self.device)
         for i, (epoch, position, batch) in enumerate(micro_batches):
             self.generator.manual_seed(batch_seed(self.cfg.seed, epoch, position, stream=STREAM_TRAIN))
-            last = i == len(micro_batches) - 1
-            sync = contextlib.nullcontext() if last or self.ddp_model is self.model else self.ddp_model.no_sync()
+            self.parallel.seed_micro_batch(self.cfg.seed, num_updates=self.num_updates, index=i)
+            zero_weight = stand_in or i >= len(micro_batches) - padding
             num_bad = self.bad_file_log.take(batch, update=self.num_updates + 1)
             counts = batch_counts(batch)
-            with sync:
+            with self.parallel.gradient_sync(last=i == len(micro_batches) - 1):
                 with self._autocast():
-                    out = self.task.loss(self.ddp_model, self._to_device(batch), num_updates=self.num_updates,
+                    out = self.task.loss(self.parallel.module, self._to_device(batch), num_updates=self.num_updates,
                                          generator=self.generator)
-                (out.loss * (0.0 if stand_in else loss_scale)).backward()
-            if stand_in:  # fairseq's dummy batch: in the all-reduce, out of every sum
+                (out.loss * (0.0 if zero_weight else loss_scale)).backward()
+            if zero_weight:  # fairseq's dummy batch: in the all-reduce, out of every sum
                 out, counts = nothing(out), dict.fromkeys(counts, 0)
             # The back-propagated loss joins the sums, so its finiteness is decided on the
             # all-reduced total: the same on every rank, and no host sync per micro-batch.
@@ -231,9 +240,11 @@ class Trainer:
         self.model.eval()
         sums = Sums(self.task, self.device)
         self.valid_sampler.set_epoch(1)
+        cap, num_run = self.cfg.train.max_valid_batches, 0
         for i, batch in enumerate(self.valid_loader):
-            if self.cfg.train.max_valid_batches and i >= self.cfg.train.max_valid_batches:
+            if cap and i >= cap:
                 break
+            num_run += 1
             position = self.dist.rank + i * self.dist.world_size
             self.generator.manual_seed(batch_seed(self.cfg.seed, 0, position, stream=STREAM_VALID))
             self.bad_file_log.take(batch, update=self.num_updates + 1)
@@ -242,6 +253,15 @@ class Trainer:
                 out = self.task.valid_step(self.model, self._to_device(batch), num_updates=self.num_updates,
                                            generator=self.generator)
             sums.add(out.sums, sample_size=out.sample_size, **counts)
+        if self.parallel.even_forwards:  # FSDP: as many forwards as rank 0, whose share is never shorter
+            batches = self.valid_sampler.epoch_batches(1)
+            wanted = -(-len(batches) // self.dist.world_size)
+            for _ in range((min(wanted, cap) if cap else wanted) - num_run):
+                batch = self.valid_loader.dataset[(0, batches[0].tolist())]
+                batch.pop("bad_files", None)  # reported by the rank that validates it
+                with self._autocast():
+                    self.task.valid_step(self.model, self._to_device(batch), num_updates=self.num_updates,
+                                         generator=self.generator)  # results dropped
         task_sums, loop_sums = sums.all_reduce(uneven=True)
         if task_sums.get("sample_size", 0) == 0:
             return None
@@ -283,7 +303,7 @@ class Trainer:
             t0 = time.monotonic()
             update = self.stream.next_update()
             data_wait = time.monotonic() - t0
-            metrics = self.train_step(update.micro_batches, stand_in=update.stand_in)
+            metrics = self.train_step(update.micro_batches, stand_in=update.stand_in, padding=update.padding)
             u = self.num_updates
             last = u == end  # always logged, validated and checkpointed
             if metrics is not None:
@@ -344,8 +364,8 @@ class Trainer:
             "version": resume.CHECKPOINT_VERSION,
             "task": self.task.name,
             "task_state": self.task.state_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": self.parallel.model_state(),  # full tensors, whatever the strategy
+            "optimizer": self.parallel.optimizer_state(self.optimizer),
             "loss_scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "num_updates": self.num_updates,
             "nonfinite_skips": self.nonfinite.total,
