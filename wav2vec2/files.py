@@ -155,8 +155,10 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
         with torch.serialization.safe_globals([*_NUMPY_ARRAYS, _NUMPY_RECONSTRUCT, *allow]):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
-            raise NotACheckpointError(f"{path} is not a PyTorch checkpoint: {_what_it_is(path)}") from None
+        what = _what_it_is(path)
+        if "Weights only load failed" not in str(err) or not what.startswith(("a zip", "a pickle")):
+            # bytes that are not a pickle can fail as "unsafe" too: torch read an opcode it refuses
+            raise NotACheckpointError(f"{path} is not a PyTorch checkpoint: {what}") from None
         try:
             wanted = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or str(err)[:200]
         except Exception:  # noqa: BLE001 - the name list is only for the message
@@ -169,9 +171,10 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device
     except (RuntimeError, EOFError, IndexError, KeyError, zipfile.BadZipFile, ValueError, TypeError) as err:
         # torch's reader fails in many ways on files that are not its own: "PytorchStreamReader
         # failed reading zip archive" (truncated), "pop from empty list" (text), EOF...
-        raise NotACheckpointError(f"{path} is not a PyTorch checkpoint: {_what_it_is(path)} "
-                                  f"({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
-                                  ) from None
+        what = _what_it_is(path)
+        if what.startswith("its "):  # nothing recognisable: torch's own words may help
+            what += f" ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
+        raise NotACheckpointError(f"{path} is not a PyTorch checkpoint: {what}") from None
 
 
 def is_loadable(path: str | os.PathLike) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from wav2vec2.files import UnsafeCheckpointError, load_checkpoint
+from wav2vec2.files import NotACheckpointError, UnsafeCheckpointError, load_checkpoint
 from wav2vec2.train import checkpoint as ckpt
 
 from helpers import REPO, assert_same_weights, losses_by_update, script_env
@@ -104,6 +105,27 @@ def test_sigkill_during_training_resumes_to_the_same_weights(
     assert list(lb) == list(range(1, 25)) and la == lb
 
 
+
+
+@pytest.mark.parametrize(("content", "what"), [
+    (b"", r"it is empty \(0 bytes\)"),
+    (b"hello, I am a README\n", r"it is a text file"),
+    ("truncated", r"a zip archive that is truncated or corrupt \([\d,]+ bytes; a copy cut off\?\)"),
+    (b"\x00\xff" * 64, r"its 128 bytes are neither a zip archive nor a pickle( \(\w+: .*\))?"),
+])
+def test_a_file_that_is_not_a_checkpoint_is_one_line_naming_it(tmp_path: Path, content, what) -> None:
+    """#19: a text file or a copy cut off as `--model`/`task.init` was a 20-29 line traceback."""
+    path = tmp_path / "model.pt"
+    if content == "truncated":
+        whole = tmp_path / "whole.pt"
+        torch.save({"model": {"w": torch.zeros(1000)}}, whole)
+        content = whole.read_bytes()[: whole.stat().st_size // 2]
+    path.write_bytes(content)
+    with pytest.raises(NotACheckpointError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path} is not a PyTorch checkpoint: ")
+    assert re.fullmatch(what, message.removeprefix(f"{path} is not a PyTorch checkpoint: ")), message
 
 
 class _RunsCode:
