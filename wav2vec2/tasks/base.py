@@ -188,6 +188,12 @@ class Task:
         """One micro-batch (already on the model's device) in training mode."""
         raise NotImplementedError
 
+    def update_flops(self, batch: dict[str, Any], sample_size: float, *, num_updates: int) -> float | None:
+        """Analytical FLOPs of forward and backward of one training micro-batch (`batch` as
+        `loss` got it, `sample_size` its `LossOutput.sample_size`), for the log's MFU
+        (`wav2vec2.model.flops`); None (the default): unknown, no MFU is logged."""
+        return None
+
     def metrics(self, sums: dict[str, float], *, num_updates: int) -> dict[str, float]:
         """Logged training metrics of one update from its summed `LossOutput.sums`."""
         raise NotImplementedError
