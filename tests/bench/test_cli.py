@@ -9,7 +9,7 @@ import pytest
 
 from wav2vec2.bench.cli import INTERNAL_COMMANDS, build_parser, main
 
-SECTIONS = ["train", "model", "mask", "memory", "scaling", "profile", "ctc", "all", "data", "align"]
+SECTIONS = ["train", "model", "mask", "memory", "scaling", "profile", "ctc", "all", "data", "align", "gpu"]
 
 
 def test_help_lists_the_sections_and_hides_the_internal_commands(capsys) -> None:
