@@ -28,13 +28,18 @@ def test_each_section_has_help_and_parses_the_documented_flags(section, capsys) 
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and "usage:" in out and "--json" in out
     assert ("--corpus-dir" in out) == (section == "data")
-    assert ("--rounds" in out) == (section not in ("data", "align"))
+    assert ("--rounds" in out) == (section not in ("data", "align", "gpu"))
     if section == "align":
         args = build_parser().parse_args(["align", "--model", "m.pt", "--prompts", "a.tsv", "b.tsv", "--minutes",
                                           "1", "60", "--torchaudio-python", "/x/python", "--json", "r.json"])
         assert (args.model, args.prompts, args.minutes, args.torchaudio_python) == \
             ("m.pt", ["a.tsv", "b.tsv"], [1.0, 60.0], "/x/python")
         assert args.func.__name__ == "bench_align"
+        return
+    if section == "gpu":
+        args = build_parser().parse_args(["gpu", "--device", "cpu", "--threads", "1", "--json", "r.json"])
+        assert (args.device, args.threads, args.json) == ("cpu", 1, "r.json")
+        assert args.func.__name__ == "bench_gpu"
         return
     if section == "data":
         args = build_parser().parse_args(["data", "--seconds", "900", "--workers", "0", "1", "--json", "r.json"])
