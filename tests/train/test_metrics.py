@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from wav2vec2.config import tiny
-from wav2vec2.model.flops import train_flops
+from wav2vec2.model.flops import ctc_update_flops, train_flops
 from wav2vec2.train.metrics import Averager, MetricLogger
 
 from helpers import make_trainer, records
@@ -78,3 +79,17 @@ def test_train_rows_carry_per_device_throughput_and_mfu_when_the_peak_is_set(
         acc.Reload()
         tags = set(acc.Tags()["scalars"])
         assert {"train/mfu", "train/device_audio_sec_per_sec"} <= tags
+
+
+def test_ctc_mfu_counts_no_encoder_backward_while_the_encoder_is_frozen(make_ctc_cfg, tmp_path: Path) -> None:
+    """ctc_tiny freezes the encoder for 2 updates: those count forward + the head's backward."""
+    cfg = make_ctc_cfg("optim.max_update=3", "train.validate_every=0", "data.valid_subset=",
+                       "logging.peak_tflops=0.001", "task.freeze_finetune_updates=2")
+    trainer = make_trainer(cfg)
+    batch = {"source": torch.zeros(2, 16_000)}
+    frozen, thawed = (trainer.task.update_flops(batch, 2.0, num_updates=u) for u in (1, 2))
+    assert frozen == ctc_update_flops(cfg.model, 2, 16_000, len(trainer.task.dictionary), frozen_encoder=True)
+    assert frozen < thawed == ctc_update_flops(cfg.model, 2, 16_000, len(trainer.task.dictionary))
+    trainer.fit()
+    rows = records(Path(cfg.run_dir))
+    assert len(rows) == 3 and all(r["mfu"] > 0 for r in rows)
