@@ -58,6 +58,8 @@ def test_torchrun_resumes_bit_exactly(check):
     assert run["backend"] == "gloo" and [r["returncode"] for r in run["runs"]] == [0, 0, 0]
     assert run["checkpoint_written"] and run["resume_exact"] is True
     assert len(run["train_losses"]) == run["updates"] and all(loss > 0 for loss in run["train_losses"])
+    logged = run["logged_last_row"]  # the training log's throughput, with logging.peak_tflops set
+    assert logged["device_audio_sec_per_sec"] == logged["audio_sec_per_sec"] > 0 and 0 < logged["mfu"] < 1
 
 
 def test_warnings_are_a_list_and_the_json_row_holds_the_object(check):

@@ -62,7 +62,7 @@ BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIE
 ATTENTION_OPS = {"_scaled_dot_product_flash_attention_for_cpu": "flash (cpu)",
                  "_scaled_dot_product_flash_attention": "flash", "_scaled_dot_product_efficient_attention": "efficient",
                  "_scaled_dot_product_cudnn_attention": "cudnn", "_scaled_dot_product_attention_math": "math"}
-TIMING = ("time", "audio_sec_per_sec", "data_wait_sec")  # logged keys that differ between runs
+TIMING = ("time", "audio_sec_per_sec", "data_wait_sec", "mfu")  # logged keys that differ between runs
 BASE_GPU_SIZES = dict(pretrain=(RECIPE_BATCH, RECIPE_CROP), ctc=(4, 249_600), transcribe=(8, 160_000), reps=5)
 TINY_CPU_SIZES = dict(pretrain=(2, 64_000), ctc=(2, 64_000), transcribe=(4, 64_000), reps=3)
 
@@ -201,15 +201,19 @@ def tiny_configs() -> tuple[ModelConfig, ModelConfig]:
     return cfg, ctc_cfg
 
 
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+
+
 def _train_rows(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    return [{k: v for k, v in r.items() if not any(k.endswith(t) for t in TIMING)} for r in rows]
+    return [{k: v for k, v in r.items() if not any(k.endswith(t) for t in TIMING)} for r in _rows(run_dir)]
 
 
-def torchrun_smoke(device: torch.device, work: Path, updates: int = 6) -> dict:
+def torchrun_smoke(device: torch.device, work: Path, peak: float, updates: int = 6) -> dict:
     """The tiny preset under `torchrun --nproc_per_node=1` (NCCL on CUDA, gloo on CPU), bf16,
     deterministic kernels: `updates` updates straight, and the same stopped at half (with its
-    checkpoint) then rerun to resume. Every logged value must agree between the two."""
+    checkpoint) then rerun to resume. Every logged value but the timings must agree between
+    the two. `peak` (FLOP/s) goes to `logging.peak_tflops`: the log's MFU, run for real."""
     corpus = work / "corpus"
     entries = write_synthetic_corpus(corpus / "audio", num_files=24, min_seconds=0.5, max_seconds=1.5)
     write_manifest(corpus / "train.tsv", str(corpus / "audio"), entries[:20])
@@ -221,7 +225,7 @@ def torchrun_smoke(device: torch.device, work: Path, updates: int = 6) -> dict:
             "--module", "wav2vec2.train.cli", "--config-name", "tiny", f"data.manifest_dir={corpus}",
             f"optim.max_update={updates}", f"checkpoint.save_every={updates // 2}", "train.validate_every=3",
             "logging.tensorboard=false", f"distributed.backend={backend}", f"train.device={device.type}",
-            "precision.dtype=bf16", "train.deterministic=true"]
+            "precision.dtype=bf16", "train.deterministic=true", f"logging.peak_tflops={peak / 1e12:.6g}"]
     out: dict = {"backend": backend, "updates": updates, "command": " ".join(["python", *base[1:], "run_dir=..."]),
                  "runs": []}
     stderr = []
@@ -243,8 +247,9 @@ def torchrun_smoke(device: torch.device, work: Path, updates: int = 6) -> dict:
         out["resume_exact"] = a == b and len(a) > 0
         if a != b:
             out["first_difference"] = next(([x, y] for x, y in zip(a, b) if x != y), [len(a), len(b)])
-        losses = [r["loss"] for r in a if r["split"] == "train"]
-        out["train_losses"] = losses
+        out["train_losses"] = [r["loss"] for r in a if r["split"] == "train"]
+        last = [r for r in _rows(work / "straight") if r["split"] == "train"][-1]
+        out["logged_last_row"] = {k: last.get(k) for k in ("audio_sec_per_sec", "device_audio_sec_per_sec", "mfu")}
     # What the runs printed as warnings (rank 0 logs "WARNING:"; Python's warnings "...Warning:").
     out["warnings"] = sorted({line.strip()[:300] for text in stderr for line in text.splitlines()
                               if re.search(r"Warning\b|WARNING", line)})
@@ -277,7 +282,7 @@ def bench_gpu(args: argparse.Namespace) -> None:
         result["peak_bf16_tflops"], result["peak_source"] = round(peak / 1e12, 3), source
         result.update(model_sections(cfg, ctc_cfg, BASE_GPU_SIZES if cuda else TINY_CPU_SIZES, device, peak))
         with tempfile.TemporaryDirectory(prefix="gpu_check_") as work:
-            result["torchrun"] = torchrun_smoke(device, Path(work))
+            result["torchrun"] = torchrun_smoke(device, Path(work), peak)
     result["warnings"] = sorted({f"{w.category.__name__}: {str(w.message)[:300]} ({Path(w.filename).name}:{w.lineno})"
                                  for w in caught})
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
