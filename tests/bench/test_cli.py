@@ -10,7 +10,7 @@ import pytest
 from wav2vec2.bench.cli import INTERNAL_COMMANDS, build_parser, main
 
 SECTIONS = ["train", "model", "mask", "memory", "scaling", "profile", "ctc", "all", "data", "shards", "fsdp-plan",
-            "fsdp-memory", "align"]
+            "fsdp-memory", "align", "gpu"]
 
 
 def test_help_lists_the_sections_and_hides_the_internal_commands(capsys) -> None:
@@ -29,13 +29,18 @@ def test_each_section_has_help_and_parses_the_documented_flags(section, capsys) 
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and "usage:" in out and "--json" in out
     assert ("--corpus-dir" in out) == (section in ("data", "shards"))
-    assert ("--rounds" in out) == (section not in ("data", "shards", "fsdp-plan", "fsdp-memory", "align"))
+    assert ("--rounds" in out) == (section not in ("data", "shards", "fsdp-plan", "fsdp-memory", "align", "gpu"))
     if section == "align":
         args = build_parser().parse_args(["align", "--model", "m.pt", "--prompts", "a.tsv", "b.tsv", "--minutes",
                                           "1", "60", "--torchaudio-python", "/x/python", "--json", "r.json"])
         assert (args.model, args.prompts, args.minutes, args.torchaudio_python) == \
             ("m.pt", ["a.tsv", "b.tsv"], [1.0, 60.0], "/x/python")
         assert args.func.__name__ == "bench_align"
+        return
+    if section == "gpu":
+        args = build_parser().parse_args(["gpu", "--device", "cpu", "--threads", "1", "--json", "r.json"])
+        assert (args.device, args.threads, args.json) == ("cpu", 1, "r.json")
+        assert args.func.__name__ == "bench_gpu"
         return
     if section == "data":
         args = build_parser().parse_args(["data", "--seconds", "900", "--workers", "0", "1", "--json", "r.json"])

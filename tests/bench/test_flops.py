@@ -1,5 +1,5 @@
-"""The benchmark's analytical FLOP count (`wav2vec2.bench.common.model_flops`) against torch's
-FlopCounterMode, per component, on one forward of BASE's widths with 2 of its 12 layers
+"""The analytical FLOP count (`wav2vec2.model.flops.model_flops`, shared by the benchmark and
+the training log's MFU) against torch's FlopCounterMode, per component, on one forward of BASE's widths with 2 of its 12 layers
 (2 x 0.75 s).
 
 Attention runs through SDPA's math backend here, which FlopCounterMode sees as matmuls (its
@@ -17,7 +17,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from wav2vec2.bench.common import conv_block_steps, model_flops, train_flops
+from wav2vec2.model.flops import conv_block_steps, ctc_update_flops, model_flops, train_flops, transcribe_flops
 from wav2vec2.config import base
 from wav2vec2.model.losses import pretraining_loss
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
@@ -99,3 +99,15 @@ def test_train_flops_per_audio_second_at_4s():
     cfg = base()
     per_audio_s = train_flops(cfg, 2, 64_000, 98) / 8.0
     assert 40e9 < per_audio_s < 46e9
+
+
+def test_ctc_update_counts_backward_only_through_what_is_trained():
+    """A CTC update: 3x the head; the encoder 3x unless frozen (1x); the CNN 3x only when it
+    gets gradients (`grad_mult` > 0), else 1x. Transcription is one forward."""
+    cfg = base()
+    forward = transcribe_flops(cfg, 2, 64_000, 32)
+    cfg.feature_encoder.grad_mult = 1.0
+    assert ctc_update_flops(cfg, 2, 64_000, 32) == pytest.approx(3 * forward)
+    cfg.feature_encoder.grad_mult = 0.0
+    frozen_cnn = ctc_update_flops(cfg, 2, 64_000, 32)
+    assert forward < ctc_update_flops(cfg, 2, 64_000, 32, frozen_encoder=True) < frozen_cnn < 3 * forward

@@ -11,6 +11,7 @@
     python scripts/bench.py fsdp-plan [--sizes 1B 2B 7B]   # on paper: memory per GPU, DDP vs FSDP2, ckpt
     python scripts/bench.py fsdp-memory [--sizes BASE LARGE]   # measured: memory per gloo rank, DDP vs FSDP2
     python scripts/bench.py align    --model MODEL --prompts test.tsv [--minutes 1 60]   # forced alignment
+    python scripts/bench.py gpu      # the GPU check: one JSON object (< 5 min; without CUDA: tiny on CPU)
 
 Every model section runs one full training update of the BASE pretraining model (12 layers):
 forward, loss, backward, Adam step, zero_grad. The peers get the same weights, the same audio,
@@ -26,7 +27,7 @@ measurement. Needs the `bench` extra (transformers).
 
 # The package is the top floor: it may import anything in wav2vec2, nothing imports it.
 # One module per section (train, ctc, mask, memory, scaling, profiling, data, shards, fsdp_plan, fsdp_memory,
-# align); common.py holds
+# align, gpu); common.py holds
 # the environment line, timing protocol, FLOP count and GEMM peak, peak memory and result rows;
 # updates.py builds the one BASE update each implementation runs (train, memory, scaling);
 # fairseq_worker.py is the fairseq side and torchaudio_worker.py the torchaudio one, each run by

@@ -22,6 +22,7 @@ from wav2vec2.bench.ctc import bench_ctc
 from wav2vec2.bench.data import bench_data
 from wav2vec2.bench.fsdp_memory import PRESETS, bench_fsdp_memory
 from wav2vec2.bench.fsdp_plan import SHAPES, bench_fsdp_plan
+from wav2vec2.bench.gpu import bench_gpu
 from wav2vec2.bench.mask import bench_mask
 from wav2vec2.bench.memory import bench_memory, child_main
 from wav2vec2.bench.profiling import bench_profile
@@ -151,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     align.add_argument("--device", default="cpu")
     align.add_argument("--json", default=None, help="also write the result rows to this file")
     align.set_defaults(func=align_section.bench_align)
+
+    gpu = sub.add_parser("gpu", help="the GPU check: BASE bf16 updates and transcription, SDPA backends, a torchrun "
+                                     "NCCL run with resume, warnings; one JSON object (without CUDA: tiny on CPU)")
+    gpu.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
+                     help="auto: the first CUDA GPU if there is one, else the CPU")
+    gpu.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    gpu.add_argument("--json", default=None, help="also write the object (as a result row) to this file")
+    gpu.set_defaults(func=bench_gpu)
     return parser
 
 

@@ -3,8 +3,9 @@
 - The run's environment line (device, torch, threads, transformers), printed above every table.
 - The timing protocol: one warm-up per implementation, then rounds of timed updates with the
   order rotated each round, so load drifts on a shared machine hit every implementation alike.
-- MFU: an analytical FLOP count of one pretraining forward per component (`model_flops`; an
-  update is 3 forwards), over the GEMM peak measured at the start of the same run.
+- MFU: an analytical FLOP count of one pretraining forward per component (`model_flops`, from
+  `wav2vec2.model.flops`, which the training log shares; an update is 3 forwards), over the
+  GEMM peak measured at the start of the same run.
 - Peak memory: getrusage maxrss on CPU, `torch.cuda.max_memory_allocated` on GPU.
 - Result rows: every measurement is one `row(...)`; `--json PATH` writes them all at the end.
 - The optimizer, device sync and heap release come from `fairseq_worker.py`, which must run
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -25,8 +25,8 @@ import torch
 
 import wav2vec2
 from wav2vec2.bench.fairseq_worker import optimizer, peak_rss_mb, release_memory, sync
-from wav2vec2.config import FeatureEncoderConfig, ModelConfig
 from wav2vec2.files import atomic_write
+from wav2vec2.model.flops import conv_block_steps, model_flops, train_flops
 
 __all__ = [
     "PACKAGE_DIR", "ROOT", "ROWS", "SAMPLE_RATE", "autocast", "conv_block_steps", "gemm_peak", "model_flops",
@@ -122,59 +122,6 @@ def time_rounds(impls: dict, device: torch.device, *, rounds: int, reps: int) ->
 
 
 # ----------------------------------------------------------------------------- FLOPs and MFU
-def conv_block_steps(fe: FeatureEncoderConfig, num_samples: int) -> list[int]:
-    """Output steps of each conv block for `num_samples` of audio: the config's frame
-    arithmetic applied to its first 1, 2, ... blocks (the last entry is the frame count)."""
-    return [dataclasses.replace(fe, conv_kernels=fe.conv_kernels[:i], conv_strides=fe.conv_strides[:i])
-            .output_lengths(num_samples) for i in range(1, len(fe.conv_kernels) + 1)]
-
-
-def model_flops(cfg: ModelConfig, batch: int, num_samples: int, num_masked: int) -> dict[str, float]:
-    """Analytical FLOPs of one pretraining *forward* (a multiply-add = 2 FLOPs), per component.
-
-    Counts the matrix products only (convolutions, linears, attention's QK^T and AV, the
-    quantizer's codebook product, the logits' dot products): norms, activations, softmax and
-    dropout are a few FLOPs per element and left out, as torch's FlopCounterMode does.
-    A training update costs 3x the forward (backward = 2 products per forward product), less
-    the first conv's input gradient (audio needs none), which is negligible (C_in = 1).
-    """
-    fe, t, q = cfg.feature_encoder, cfg.transformer, cfg.quantizer
-    B, D, Fd = batch, t.embed_dim, cfg.final_dim or t.embed_dim
-    out: dict[str, float] = {}
-    # CNN: a Conv1d costs 2 * C_in * C_out * k per output step; audio comes in with 1 channel.
-    steps = conv_block_steps(fe, num_samples)
-    c_ins = [1] + list(fe.conv_dims[:-1])
-    out["cnn"] = float(sum(2 * B * n * c_in * c_out * k
-                           for n, c_in, c_out, k in zip(steps, c_ins, fe.conv_dims, fe.conv_kernels)))
-    C, T = fe.conv_dims[-1], steps[-1]
-    if cfg.crop_seq_to_multiple > 1:
-        T -= T % cfg.crop_seq_to_multiple
-    Tp = T + (-T % t.required_seq_len_multiple)  # the layers see T padded to the multiple
-    M, K = num_masked, cfg.num_negatives
-    vq = q.codebook_dim or Fd
-    proj = (2 * B * T * C * D if C != D else 0) + 2 * B * M * vq * Fd + 2 * B * M * D * Fd
-    out["projections"] = proj  # post_extract_proj, project_q, final_proj
-    # Grouped positional conv, pad k/2 both sides: T+1 output steps for an even kernel.
-    out["pos_conv"] = 2 * B * (T + 1 - t.conv_pos % 2) * D * (D // t.conv_pos_groups) * t.conv_pos
-    L = t.num_layers
-    out["attention_proj"] = L * 4 * 2 * B * Tp * D * D  # q, k, v, out
-    out["attention_scores"] = L * 2 * 2 * B * Tp * Tp * D  # QK^T and AV over all heads
-    out["ffn"] = L * 2 * 2 * B * Tp * D * t.ffn_dim
-    G, V = q.num_codebooks, q.num_entries
-    hidden = C * q.hidden_factor
-    logits_in = [C] + [hidden] * (q.depth - 1)
-    logits_out = [hidden] * (q.depth - 1) + [G * V]
-    qproj = sum(2 * B * M * i * o for i, o in zip(logits_in, logits_out))
-    out["quantizer"] = qproj + 2 * B * M * V * vq  # logits MLP + one-hot x codebook per group
-    out["logits"] = 2 * B * M * (1 + K) * Fd  # context . candidate, as one batched product
-    return out
-
-
-def train_flops(cfg: ModelConfig, batch: int, num_samples: int, num_masked: int) -> float:
-    """FLOPs of one training update: 3 forwards (see `model_flops`)."""
-    return 3.0 * sum(model_flops(cfg, batch, num_samples, num_masked).values())
-
-
 def gemm_peak(device: torch.device, dtype: torch.dtype, *, n: int = 2048, reps: int = 6) -> float:
     """FLOP/s of the best of `reps` n x n matmuls: the ceiling MFU is measured against."""
     a = torch.randn(n, n, device=device).to(dtype)

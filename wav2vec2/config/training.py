@@ -218,6 +218,12 @@ class LoggingConfig:
     """Log averaged training metrics every this many updates (fairseq 200)."""
     tensorboard: bool = True
     """Write TensorBoard event files under `run_dir/tb`."""
+    peak_tflops: float = 0.0
+    """One device's peak dense TFLOP/s in the run's precision (an H100 SXM: ~989 in bf16; an
+    A100: 312), for the MFU in the train rows (`mfu`: the task's analytical FLOPs of rank 0's
+    updates, `wav2vec2.model.flops`, per second of the update over this peak) and on the
+    console. 0: unknown, no MFU. Throughput is logged whatever it is: `audio_sec_per_sec`
+    (all ranks) and `device_audio_sec_per_sec` (that over the world size)."""
 
 
 @dataclass
@@ -329,6 +335,8 @@ def validate(cfg: TrainConfig, *, world_size: int = 1) -> TrainConfig:
     validate_schedule(o)
     if cfg.logging.log_every <= 0:
         raise ValueError(f"logging.log_every must be > 0, got {cfg.logging.log_every}")
+    if cfg.logging.peak_tflops < 0:
+        raise ValueError(f"logging.peak_tflops must be >= 0 (0: unknown), got {cfg.logging.peak_tflops}")
     if d.simulated_world_size > 0:
         if o.update_freq != 1:
             raise ValueError(

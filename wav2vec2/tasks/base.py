@@ -19,7 +19,9 @@ What the loop calls, in this order:
    `LossOutput.loss`, adds the sums over micro-batches and ranks, divides the gradient by
    the summed `sample_size` (fairseq's update), then calls `metrics(sums, ...)` once, unless
    the update is skipped (inf/nan). `interval_weights` say how the logged rows average
-   updates; `console` which metrics the progress line shows.
+   updates; `console` which metrics the progress line shows. With `logging.peak_tflops`
+   set, `update_flops(batch, sample_size, ...)` per micro-batch too, after the sums are
+   all-reduced, for the row's MFU (None, the default: no MFU).
 5. Each validation, for each batch on each rank: `valid_step(model, batch, ...)`; then
    `valid_metrics(sums, ...)` once. `best_metric` / `higher_is_better` pick `checkpoint_best`.
 6. After each logged row (train or valid), on rank 0: `health(history)`, printed as warnings.
@@ -71,7 +73,7 @@ from wav2vec2.config import ModelConfig, TrainConfig
 RESERVED = frozenset({
     "sample_size",  # the summed LossOutput.sample_size, added to the sums `metrics` gets
     "utterances", "lr", "grad_norm", "loss_scale",  # the loop's numbers of each update
-    "data_wait_sec", "audio_sec_per_sec",  # throughput
+    "data_wait_sec", "audio_sec_per_sec", "device_audio_sec_per_sec", "mfu",  # throughput
     "nonfinite_skips", "bad_files",  # run totals
     "split", "num_updates", "time",  # every record of metrics.jsonl
 })
@@ -187,6 +189,12 @@ class Task:
     ) -> LossOutput:
         """One micro-batch (already on the model's device) in training mode."""
         raise NotImplementedError
+
+    def update_flops(self, batch: dict[str, Any], sample_size: float, *, num_updates: int) -> float | None:
+        """Analytical FLOPs of forward and backward of one training micro-batch (`batch` as
+        `loss` got it, `sample_size` its `LossOutput.sample_size`), for the log's MFU
+        (`wav2vec2.model.flops`); None (the default): unknown, no MFU is logged."""
+        return None
 
     def metrics(self, sums: dict[str, float], *, num_updates: int) -> dict[str, float]:
         """Logged training metrics of one update from its summed `LossOutput.sums`."""

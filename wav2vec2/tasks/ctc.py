@@ -33,6 +33,7 @@ from wav2vec2.data import Dictionary, LabelledAudioDataset
 from wav2vec2.data.labels import BLANK, SPECIALS
 from wav2vec2.infer.decode import error_counts, greedy_ctc, wer_cer
 from wav2vec2.model.ctc import Wav2Vec2Ctc, ctc_loss_sum
+from wav2vec2.model.flops import ctc_update_flops
 from wav2vec2.model.losses import LN2
 from wav2vec2.tasks.base import LossOutput, Panel, Task
 from wav2vec2.tasks.probing import layer_weight_metrics, layer_weight_panels, layer_weight_sums, load_init
@@ -188,6 +189,11 @@ class CtcTask(Task):
              generator: torch.Generator) -> LossOutput:
         loss, sums, _ = self._forward(model, batch, num_updates=num_updates, generator=generator)
         return LossOutput(loss=loss, sample_size=batch["source"].shape[0], sums=sums)
+
+    def update_flops(self, batch: dict[str, Any], sample_size: float, *, num_updates: int) -> float | None:
+        B, L = batch["source"].shape
+        frozen = num_updates < self.task_cfg.freeze_finetune_updates or self.cfg.model.upstream.freeze
+        return ctc_update_flops(self.cfg.model, B, L, len(self.dictionary), frozen_encoder=frozen)
 
     def metrics(self, sums: dict[str, float], *, num_updates: int) -> dict[str, float]:
         return {

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from wav2vec2.data import RawAudioDataset, ShardedAudioDataset
+from wav2vec2.model.flops import train_flops
 from wav2vec2.model.losses import LN2, pretraining_loss
 from wav2vec2.config import with_architecture
 from wav2vec2.model.wav2vec2 import Wav2Vec2Model
@@ -168,6 +169,10 @@ class PretrainTask(Task):
             "identical_negatives": (out.logits.shape[1] - candidates).sum(),
         }
         return LossOutput(loss=loss.total, sample_size=loss.sample_size, sums=sums)
+
+    def update_flops(self, batch: dict[str, Any], sample_size: float, *, num_updates: int) -> float | None:
+        B, L = batch["source"].shape
+        return train_flops(self.cfg.model, B, L, sample_size / B)  # sample_size: the masked frames
 
     def metrics(self, sums: dict[str, float], *, num_updates: int) -> dict[str, float]:
         n = sums["masked_frames"]

@@ -93,7 +93,13 @@ class MetricLogger:
                 parts.append(f"{label} {m[key]:{fmt}}")
         if split == "train":
             if "audio_sec_per_sec" in m:
-                parts.append(f"{m['audio_sec_per_sec']:.0f} audio-s/s")
+                per_device = m.get("device_audio_sec_per_sec", m["audio_sec_per_sec"])
+                if per_device < m["audio_sec_per_sec"]:  # more than one device
+                    parts.append(f"{m['audio_sec_per_sec']:.0f} audio-s/s ({per_device:.0f}/device)")
+                else:
+                    parts.append(f"{m['audio_sec_per_sec']:.0f} audio-s/s")
+            if "mfu" in m:
+                parts.append(f"MFU {100 * m['mfu']:.1f}%")
             if self._u0 is None:
                 self._u0, self._t0 = u, time.monotonic()
             elif u > self._u0:

@@ -100,6 +100,9 @@ class Trainer:
         """Files the data pipeline replaced (`data.bad_files: skip`), over all ranks and the whole run."""
         self.update_audio_sec = 0.0
         """Seconds of audio (all ranks, unpadded) in the last update: the loop's throughput."""
+        self.update_flops: float | None = None
+        """This rank's analytical FLOPs in the last update (`Task.update_flops`), counted only
+        when `logging.peak_tflops` is set (for the MFU); None otherwise or when unknown."""
         self.bad_file_log = BadFileLog(self.run_dir, self.dist.rank)
         self.stop_reason: str | None = None
         """Why the last `fit` ended before `optim.max_update` / `train.stop_at_update`, with a
@@ -178,6 +181,7 @@ class Trainer:
         loss_scale = self.scaler.scale if self.scaler is not None else 1.0
         self.optimizer.zero_grad(set_to_none=True)
         sums = Sums(self.task, self.device)
+        counted: list[tuple[dict[str, Any], Any]] | None = [] if self.cfg.logging.peak_tflops > 0 else None
         for i, (epoch, position, batch) in enumerate(micro_batches):
             self.generator.manual_seed(batch_seed(self.cfg.seed, epoch, position, stream=STREAM_TRAIN))
             self.parallel.seed_micro_batch(self.cfg.seed, num_updates=self.num_updates, index=i)
@@ -191,6 +195,8 @@ class Trainer:
                 (out.loss * (0.0 if zero_weight else loss_scale)).backward()
             if zero_weight:  # fairseq's dummy batch: in the all-reduce, out of every sum
                 out, counts = nothing(out), dict.fromkeys(counts, 0)
+            elif counted is not None:
+                counted.append((batch, out.sample_size))
             # The back-propagated loss joins the sums, so its finiteness is decided on the
             # all-reduced total: the same on every rank, and no host sync per micro-batch.
             sums.add(out.sums, sample_size=out.sample_size, loss=out.loss.detach(), bad_files=num_bad, **counts)
@@ -222,10 +228,19 @@ class Trainer:
         self.optimizer.step()
         self.num_updates += 1
         self.update_audio_sec = loop_sums["audio_samples"] / self.cfg.data.sample_rate
+        self.update_flops = self._flops(counted, self.num_updates - 1)
         metrics.update(utterances=loop_sums["utterances"], lr=lr, grad_norm=gnorm)
         if self.scaler is not None:
             metrics["loss_scale"] = loss_scale
         return metrics
+
+    def _flops(self, counted: list[tuple[dict[str, Any], Any]] | None, num_updates: int) -> float | None:
+        """This rank's FLOPs of an update's micro-batches (after the all-reduce, so reading a
+        sample size on the GPU waits for nothing); None if not counted or the task cannot."""
+        if not counted:
+            return None
+        flops = [self.task.update_flops(batch, float(n), num_updates=num_updates) for batch, n in counted]
+        return None if any(f is None for f in flops) else float(sum(flops))
 
     # ---------------------------------------------------------------- validation
     @torch.no_grad()
@@ -308,7 +323,11 @@ class Trainer:
             last = u == end  # always logged, validated and checkpointed
             if metrics is not None:
                 metrics["data_wait_sec"] = data_wait
-                metrics["audio_sec_per_sec"] = self.update_audio_sec / (time.monotonic() - t0)
+                seconds = time.monotonic() - t0
+                metrics["audio_sec_per_sec"] = self.update_audio_sec / seconds
+                metrics["device_audio_sec_per_sec"] = metrics["audio_sec_per_sec"] / self.dist.world_size
+                if self.update_flops is not None:
+                    metrics["mfu"] = self.update_flops / seconds / (cfg.logging.peak_tflops * 1e12)
                 averager.add(metrics)
                 if u % cfg.logging.log_every == 0 or last:
                     self._log("train", {**averager.mean(), **self._run_counts()})
