@@ -113,6 +113,26 @@ class MetricLogger:
             self._tb.close()
 
 
+def update_flops(task: Any, counted: list[tuple[dict[str, Any], Any]] | None, num_updates: int) -> float | None:
+    """This rank's FLOPs of an update's micro-batches, `(batch, sample_size)` pairs, by the
+    task's analytical count (`Task.update_flops`; read after the all-reduce, so a sample size
+    on the GPU waits for nothing); None if not counted or the task cannot count them."""
+    if not counted:
+        return None
+    flops = [task.update_flops(batch, float(n), num_updates=num_updates) for batch, n in counted]
+    return None if any(f is None for f in flops) else float(sum(flops))
+
+
+def add_throughput(metrics: dict[str, float], *, audio_sec: float, seconds: float, world_size: int,
+                   flops: float | None, peak_tflops: float) -> None:
+    """Audio-seconds per second of an update (all ranks, then per device) and, when the
+    FLOPs and the device's peak are known, the model FLOPs utilisation."""
+    metrics["audio_sec_per_sec"] = audio_sec / seconds
+    metrics["device_audio_sec_per_sec"] = metrics["audio_sec_per_sec"] / world_size
+    if flops is not None and peak_tflops > 0:
+        metrics["mfu"] = flops / seconds / (peak_tflops * 1e12)
+
+
 def read_history(path: Path) -> list[dict[str, Any]]:
     """The records of a `metrics.jsonl`. Files written before metrics kept one name per
     split had `valid_`-prefixed validation keys: those are read under their own names."""

@@ -39,7 +39,8 @@ from wav2vec2.tasks.base import Task
 from wav2vec2.train import cadence, checkpoint as ckpt, distributed as dist_utils, resume, rng
 from wav2vec2.train.sharding import ParallelModel
 from wav2vec2.train.faults import BadFileLog, NonFiniteSkips
-from wav2vec2.train.metrics import Averager, MetricLogger, hold_log, log_to_file, setup_logging, stop_log_to_file
+from wav2vec2.train.metrics import (Averager, MetricLogger, add_throughput, hold_log, log_to_file, setup_logging,
+                                    stop_log_to_file, update_flops)
 from wav2vec2.train.optim import (
     build_loss_scaler, build_optimizer, grad_norm, lr_at, resolve_precision, scale_grads_, set_lr,
 )
@@ -228,19 +229,11 @@ class Trainer:
         self.optimizer.step()
         self.num_updates += 1
         self.update_audio_sec = loop_sums["audio_samples"] / self.cfg.data.sample_rate
-        self.update_flops = self._flops(counted, self.num_updates - 1)
+        self.update_flops = update_flops(self.task, counted, self.num_updates - 1)
         metrics.update(utterances=loop_sums["utterances"], lr=lr, grad_norm=gnorm)
         if self.scaler is not None:
             metrics["loss_scale"] = loss_scale
         return metrics
-
-    def _flops(self, counted: list[tuple[dict[str, Any], Any]] | None, num_updates: int) -> float | None:
-        """This rank's FLOPs of an update's micro-batches (after the all-reduce, so reading a
-        sample size on the GPU waits for nothing); None if not counted or the task cannot."""
-        if not counted:
-            return None
-        flops = [self.task.update_flops(batch, float(n), num_updates=num_updates) for batch, n in counted]
-        return None if any(f is None for f in flops) else float(sum(flops))
 
     # ---------------------------------------------------------------- validation
     @torch.no_grad()
@@ -323,11 +316,9 @@ class Trainer:
             last = u == end  # always logged, validated and checkpointed
             if metrics is not None:
                 metrics["data_wait_sec"] = data_wait
-                seconds = time.monotonic() - t0
-                metrics["audio_sec_per_sec"] = self.update_audio_sec / seconds
-                metrics["device_audio_sec_per_sec"] = metrics["audio_sec_per_sec"] / self.dist.world_size
-                if self.update_flops is not None:
-                    metrics["mfu"] = self.update_flops / seconds / (cfg.logging.peak_tflops * 1e12)
+                add_throughput(metrics, audio_sec=self.update_audio_sec, seconds=time.monotonic() - t0,
+                               world_size=self.dist.world_size, flops=self.update_flops,
+                               peak_tflops=cfg.logging.peak_tflops)
                 averager.add(metrics)
                 if u % cfg.logging.log_every == 0 or last:
                     self._log("train", {**averager.mean(), **self._run_counts()})
