@@ -2,7 +2,7 @@
 # usage: bash scripts/continue_demo.sh      (no arguments; the environment below adjusts it)
 #
 # Is continuing pretraining from a released model worth it? A language-transfer experiment
-# on real speech, on a CPU, about 40 minutes on 2 cores (docs/training.md, "Continuing").
+# on real speech, on a CPU, roughly 30-40 minutes on 2 idle cores (docs/training.md, "Continuing").
 # It pretrains the demo model on four Asterisk languages (es, fr, it, ru), releases it as a
 # transformers directory, then spends the same extra compute on the fifth language's
 # unlabelled audio (English, 16 minutes) three ways:
@@ -10,14 +10,14 @@
 #   (b) pretrain from scratch on English only          (configs/demo.yaml, same updates)
 #   (c) nothing: the four-language model as released
 # and fine-tunes each with CTC on 10 minutes of English labels (configs/ctc_demo.yaml), two
-# seeds each, to test on English prompts never heard in pretraining or fine-tuning. The
+# fine-tuning seeds each, to test on English prompts never heard in pretraining or fine-tuning. The
 # tables go to $W2V_RUN/results.md (scripts/continue_report.py).
 #
 # Environment: W2V_PYTHON (an interpreter with the project installed; default: set up
 # ./.venv with scripts/setup_env.sh), W2V_DATA (default data/asterisk; the splits go to
 # $W2V_DATA-lowres), W2V_RUN (default runs/continue_demo; rerunning resumes or reuses the
 # runs there), W2V_SOURCE_UPDATES (default 2000), W2V_EXTRA_UPDATES (1000) and
-# W2V_FINETUNE_UPDATES (3000) shorten it; PYTHON and W2V_TORCH_INDEX for the install (see
+# W2V_FINETUNE_UPDATES (2000) shorten it; PYTHON and W2V_TORCH_INDEX for the install (see
 # bash scripts/setup_env.sh --help).
 # -h, --help prints this and does nothing else.
 set -euo pipefail
@@ -34,7 +34,7 @@ SPLITS=${DATA}-lowres
 RUN=${W2V_RUN:-runs/continue_demo}
 SOURCE_UPDATES=${W2V_SOURCE_UPDATES:-2000}
 EXTRA_UPDATES=${W2V_EXTRA_UPDATES:-1000}
-FINETUNE_UPDATES=${W2V_FINETUNE_UPDATES:-3000}
+FINETUNE_UPDATES=${W2V_FINETUNE_UPDATES:-2000}
 start=$(date +%s)
 
 if [ -n "${W2V_PYTHON:-}" ]; then
@@ -63,27 +63,25 @@ train "$RUN/source" 2 --config-name demo data.manifest_dir="$SPLITS/pretrain_es-
 echo "== released as a transformers directory: $RUN/source_hf"
 [ -d "$RUN/source_hf" ] || "$PY" scripts/convert.py "$RUN/source/checkpoint_last.pt" --to hf "$RUN/source_hf"
 
-echo "== $EXTRA_UPDATES more updates on English, two seeds side by side: (a) continued, (b) from scratch"
-for seed in 1 2; do
-    train "$RUN/continued_s$seed" 1 --config-name continue_demo task.init="$RUN/source_hf" \
-        data.manifest_dir="$SPLITS/pretrain_en" optim.max_update="$EXTRA_UPDATES" seed=$seed &
-    a=$!
-    train "$RUN/scratch_s$seed" 1 --config-name demo data.manifest_dir="$SPLITS/pretrain_en" \
-        optim.max_update="$EXTRA_UPDATES" train.validate_at_start=true seed=$seed &
-    b=$!
-    wait $a
-    wait $b
-done
+echo "== $EXTRA_UPDATES more updates on English, side by side: (a) continued, (b) from scratch"
+train "$RUN/continued_s1" 1 --config-name continue_demo task.init="$RUN/source_hf" \
+    data.manifest_dir="$SPLITS/pretrain_en" optim.max_update="$EXTRA_UPDATES" seed=1 &
+a=$!
+train "$RUN/scratch_s1" 1 --config-name demo data.manifest_dir="$SPLITS/pretrain_en" \
+    optim.max_update="$EXTRA_UPDATES" train.validate_at_start=true seed=1 &
+b=$!
+wait $a
+wait $b
 
 echo "== fine-tuning configs/ctc_demo.yaml on 10 English minutes, $FINETUNE_UPDATES updates, two seeds"
 finetune() {  # $1 = run name, $2 = task.init, $3 = seed
     train "$RUN/ft_$1_s$3" 1 --config-name ctc_demo data.manifest_dir="$SPLITS/finetune_en" \
         task.init="$2" optim.max_update="$FINETUNE_UPDATES" seed="$3" train.validate_every=250
 }
-for seed in 1 2; do
-    finetune continued "$RUN/continued_s$seed/checkpoint_last.pt" $seed &
+for seed in 1 2; do  # two fine-tuning seeds of each pretrained model
+    finetune continued "$RUN/continued_s1/checkpoint_last.pt" $seed &
     a=$!
-    finetune scratch "$RUN/scratch_s$seed/checkpoint_last.pt" $seed &
+    finetune scratch "$RUN/scratch_s1/checkpoint_last.pt" $seed &
     b=$!
     wait $a
     wait $b
