@@ -238,3 +238,19 @@ def test_a_fresh_run_keeps_no_task_state(make_tiny_cfg) -> None:
     """Checkpoints of fresh pretraining runs are as before (no state for the temperature)."""
     task = build_task(make_tiny_cfg())
     assert task.state_dict() == {} and dataclasses.asdict(task.task_cfg)["init"] == ""
+
+
+def test_the_source_as_validated_at_update_0_is_a_continued_runs_first_best(make_tiny_cfg, source: Path,
+                                                                             tmp_path: Path) -> None:
+    """A continued run that never beats where it started (here lr 1e-30: no weight moves by a
+    float32 ulp, so every validation ties with update 0's) has as checkpoint_best.pt the source as
+    validated at update 0. It used to have none ("no checkpoint_best.pt: the run has not
+    validated", seen after a continued run at 10x the lr had validated seven times)."""
+    run = tmp_path / "run"
+    make_trainer(make_tiny_cfg(f"task.init={source}", *SHORT, "optim.lr=1e-30", run_dir=run)).fit()
+    valid = records(run, "valid")
+    assert valid[0]["num_updates"] == 0 and valid[-1]["num_updates"] == 6
+    assert len({r["loss"] for r in valid}) == 1  # nothing beat update 0
+    best = load_checkpoint(run / ckpt.BEST)
+    assert best["num_updates"] == 0
+    assert_same_weights(best["model"], {k: v for k, v in load_checkpoint(source)["model"].items()})

@@ -293,8 +293,8 @@ class Trainer:
             log.info("run already at update %d of %d: nothing to do", self.num_updates, end)
             return None
         try:
-            if self.num_updates == 0 and cfg.train.validate_at_start:
-                self._validate()  # where a continued run starts: its health is judged against it
+            if self.num_updates == 0 and cfg.train.validate_at_start:  # a continued run's yardstick;
+                self.save(snapshot=False, best=self._validate()[1])  # the source is its first best
             with StopRequests(time_limit_minutes=cfg.train.time_limit_minutes, device=self.device) as stop:
                 return self._loop(end, stop)
         finally:
