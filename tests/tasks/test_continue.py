@@ -221,7 +221,7 @@ def _valid(u: int, contrastive: float, code_ppl: float, diversity: float) -> dic
      ["unlearning"]),
     ([_valid(0, 2.0, 50, 0.1), _valid(50, 1.9, 20, 0.1), _valid(100, 1.9, 15, 0.1), _valid(150, 1.9, 12, 0.1)],
      ["codebooks narrowing"]),
-    ([_valid(0, 2.0, 50, 0.1), _valid(50, 1.9, 48, 0.2), _valid(100, 1.9, 48, 0.2), _valid(150, 1.9, 48, 0.2)],
+    ([_valid(0, 2.0, 50, 0.1), _valid(50, 1.9, 48, 0.25), _valid(100, 1.9, 48, 0.25), _valid(150, 1.9, 48, 0.25)],
      ["diversity loss climbing"]),
     # Two validations over the threshold, then one back under it: not sustained.
     ([_valid(0, 2.0, 50, 0.1), _valid(50, 2.1, 50, 0.1), _valid(100, 2.2, 50, 0.1), _valid(150, 2.0, 50, 0.1)], []),
