@@ -20,9 +20,8 @@
 # PYTHON and W2V_TORCH_INDEX for the install (see bash scripts/setup_env.sh --help).
 # -h, --help prints this and does nothing else.
 set -euo pipefail
-usage() { sed -n '2,/^set -euo pipefail$/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-refuse() { echo "demo.sh: $1" >&2; usage >&2; exit 2; }
-for arg in "$@"; do case $arg in -h|--help) usage; exit 0 ;; esac; done
+source "$(dirname "$0")/_common.sh"
+help_asked "$@"
 for arg in "$@"; do  # checked before anything starts: Hydra would only say so after the install
     case $arg in
         -*) refuse "unknown option $arg" ;;
@@ -34,13 +33,7 @@ cd "$(dirname "$0")/.."
 DATA=${W2V_DATA:-data/asterisk}
 RUN=${W2V_RUN:-runs/demo}
 
-if [ -n "${W2V_PYTHON:-}" ]; then
-    PY=$W2V_PYTHON
-else
-    echo "== installing into .venv (set W2V_PYTHON to use an existing environment)"
-    bash scripts/setup_env.sh
-    PY=.venv/bin/python
-fi
+python_env
 
 echo "== preparing the speech corpus in $DATA"
 "$PY" scripts/prepare_asterisk.py --out "$DATA"

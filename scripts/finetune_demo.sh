@@ -24,13 +24,8 @@
 # PYTHON and W2V_TORCH_INDEX for the install (see bash scripts/setup_env.sh --help).
 # -h, --help prints this and does nothing else.
 set -euo pipefail
-usage() { sed -n '2,/^set -euo pipefail$/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-for arg in "$@"; do case $arg in -h|--help) usage; exit 0 ;; esac; done
-if [ $# -gt 0 ]; then
-    echo "finetune_demo.sh: takes no arguments, got: $*" >&2
-    usage >&2
-    exit 2
-fi
+source "$(dirname "$0")/_common.sh"
+takes_no_arguments "$@"
 cd "$(dirname "$0")/.."
 DATA=${W2V_DATA:-data/asterisk}
 SPLITS=${DATA}-lowres
@@ -39,13 +34,7 @@ PRETRAIN_UPDATES=${W2V_PRETRAIN_UPDATES:-5000}
 FINETUNE_UPDATES=${W2V_FINETUNE_UPDATES:-8000}
 start=$(date +%s)
 
-if [ -n "${W2V_PYTHON:-}" ]; then
-    PY=$W2V_PYTHON
-else
-    echo "== installing into .venv (set W2V_PYTHON to use an existing environment)"
-    bash scripts/setup_env.sh
-    PY=.venv/bin/python
-fi
+python_env
 
 echo "== preparing the corpus in $DATA and the low-resource splits in $SPLITS"
 "$PY" scripts/prepare_asterisk.py --out "$DATA" --finetune-splits "$SPLITS"

@@ -19,9 +19,8 @@
 # W2V_TORCH_INDEX, a PyTorch wheel index for another build (default: the CPU build).
 # -h, --help prints this and does nothing else.
 set -euo pipefail
-usage() { sed -n '2,/^set -euo pipefail$/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-refuse() { echo "setup_env.sh: $1" >&2; usage >&2; exit 2; }
-for arg in "$@"; do case $arg in -h|--help) usage; exit 0 ;; esac; done
+source "$(dirname "$0")/_common.sh"
+help_asked "$@"
 cd "$(dirname "$0")/.."
 known=$(awk '/^\[/ { section = $0; next }
              section == "[options.extras_require]" && /^[A-Za-z0-9_-]+ *=/ { sub(/ *=.*/, ""); print }' setup.cfg)

@@ -14,8 +14,8 @@
 # Environment: PYTHON and W2V_TORCH_INDEX for the install (see bash scripts/setup_env.sh --help).
 # -h, --help prints this and does nothing else.
 set -euo pipefail
-usage() { sed -n '2,/^set -euo pipefail$/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
-for arg in "$@"; do case $arg in -h|--help) usage; exit 0 ;; esac; done
+source "$(dirname "$0")/_common.sh"
+help_asked "$@"
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh dev
 exec .venv/bin/python -m pytest "$@"

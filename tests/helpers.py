@@ -57,6 +57,16 @@ def run_train_script(*args: str, check: bool = True, timeout: float = 120) -> su
     return proc
 
 
+def torchrun_train(*args: str, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=NPROC scripts/train.py ARGS` on a free port, as users launch a
+    multi-process run (gloo on a CPU); fails the test with the output's tail unless it exits 0."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                           "--master_port", str(free_port()), TRAIN_SCRIPT, *args],
+                          env=script_env(), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (for a process group's store)."""
     with socket.socket() as s:

@@ -4,8 +4,6 @@ exactly mid-epoch through the trainer."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from wav2vec2.data.shards import main as shards_main
 from wav2vec2.files import load_checkpoint
 from wav2vec2.train import checkpoint as ckpt
 
-from helpers import REPO, TRAIN_SCRIPT, free_port, make_trainer, records, script_env
+from helpers import make_trainer, records, torchrun_train
 
 
 @pytest.fixture
@@ -150,13 +148,9 @@ def test_torchrun_fsdp_on_shards_resumes_exactly(packed, tiny_corpus: Path, tmp_
     _, shards = packed
 
     def torchrun(run: Path, *overrides: str) -> None:
-        proc = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
-             TRAIN_SCRIPT, f"data.manifest_dir={tiny_corpus}", f"run_dir={run}", "optim.max_update=5",
-             f"data.train_shards={shards}", "data.shuffle_buffer=8", "data.num_workers=2",
-             "logging.tensorboard=false", "distributed.strategy=fsdp", *overrides],
-            env=script_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        torchrun_train(f"data.manifest_dir={tiny_corpus}", f"run_dir={run}", "optim.max_update=5",
+                       f"data.train_shards={shards}", "data.shuffle_buffer=8", "data.num_workers=2",
+                       "logging.tensorboard=false", "distributed.strategy=fsdp", *overrides)
 
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     torchrun(straight)

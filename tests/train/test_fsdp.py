@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 from wav2vec2.files import load_checkpoint
 from wav2vec2.train import checkpoint as ckpt, distributed as dist_utils
 
-from helpers import free_port, make_trainer, records
+from helpers import free_port, make_trainer, records, torchrun_train
 
 RTOL, ATOL = 1e-5, 1e-6
 NOT_COMPARED = {"split", "num_updates", "time", "data_wait_sec", "audio_sec_per_sec",  # wall-clock
@@ -168,18 +168,9 @@ def test_torchrun_fsdp_through_the_entry_point_resumes_exactly(tiny_corpus: Path
     """`torchrun --nproc_per_node=2 scripts/train.py ... distributed.strategy=fsdp` with the
     tiny preset as is (LayerDrop 0.1: shared draws), stopped at update 2 and rerun to 4,
     equals an uninterrupted run bit for bit."""
-    import subprocess
-    import sys
-
-    from helpers import REPO, TRAIN_SCRIPT, script_env
-
     def torchrun(run: Path, *overrides: str) -> None:
-        proc = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
-             TRAIN_SCRIPT, f"data.manifest_dir={tiny_corpus}", f"run_dir={run}", "optim.max_update=4",
-             "logging.tensorboard=false", "distributed.strategy=fsdp", *overrides],
-            env=script_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        torchrun_train(f"data.manifest_dir={tiny_corpus}", f"run_dir={run}", "optim.max_update=4",
+                       "logging.tensorboard=false", "distributed.strategy=fsdp", *overrides)
 
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     torchrun(straight)
