@@ -29,7 +29,7 @@ import sys
 
 from wav2vec2.infer.decode import BeamSearch
 from wav2vec2.infer.formats import FORMATS, Output
-from wav2vec2.infer.recognizer import load_recognizer
+from wav2vec2.infer.recognizer import PRECISIONS, load_recognizer
 from wav2vec2.infer.transcribe import CONTEXT_SECONDS, WINDOW_SECONDS, read_manifest_inputs, transcribe_batch
 
 
@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", type=float, default=CONTEXT_SECONDS,
                         help=f"seconds of context on each side of a window (default: {CONTEXT_SECONDS:g})")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="bf16: matmuls and convolutions in bfloat16, faster on CPUs with AMX or "
+                             "AVX512-BF16 and on GPUs; a few letters may differ (docs/inference.md) (default: fp32)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar for long files")
     args = parser.parse_args(argv)
     if bool(args.audio) == bool(args.manifest):
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--lexicon goes with --lm")
 
     try:
-        rec = load_recognizer(args.model, dictionary=args.dictionary, device=args.device)
+        rec = load_recognizer(args.model, dictionary=args.dictionary, device=args.device, precision=args.precision)
         beam = None if args.beam is None else BeamSearch(rec.dictionary, beam_width=args.beam, lm=args.lm,
                                                          lexicon=args.lexicon, lm_weight=args.lm_weight,
                                                          word_score=args.word_score)

@@ -32,3 +32,20 @@ def test_ctc_update_and_transcription_run_for_ours_and_transformers() -> None:
         texts[impl] = CtcUpdate(impl, cfg, state, source, targets, lengths, train=False)()
         assert len(texts[impl]) == 2
     assert texts["ours"] == texts["transformers-eager"]  # same weights, eval mode: same labels
+
+
+def test_bf16_transcription_runs_under_autocast_for_both() -> None:
+    """The bf16 rows time what they say: each implementation's forward meets bf16 matmuls."""
+    cfg = tiny()
+    torch.manual_seed(0)
+    state = Wav2Vec2Ctc(cfg, vocab_size=CTC_VOCAB).state_dict()
+    source = torch.randn(2, 16_000)
+    targets, lengths = torch.randint(4, CTC_VOCAB, (2, 12)), torch.tensor([12, 9])
+    for impl in ("ours", "transformers-sdpa"):
+        run = CtcUpdate(impl, cfg, state, source, targets, lengths, train=False, precision="bf16")
+        seen = []
+        hook = run.model.register_forward_hook(lambda _m, _i, out: seen.append(
+            (out.logits if hasattr(out, "logits") else out[0]).dtype))
+        assert len(run()) == 2
+        hook.remove()
+        assert seen == [torch.bfloat16], impl

@@ -573,3 +573,26 @@ def test_memory_does_not_grow_with_the_length_of_the_file(checkpoint: Path, long
         peaks[minutes] = int(re.search(r"maxrss_kb (\d+)", proc.stderr).group(1)) / 1024
     print(f"peak RSS ({' '.join(decoding) or 'greedy'}): 10 min {peaks[10]:.0f} MB, 60 min {peaks[60]:.0f} MB")
     assert peaks[60] < 1.2 * peaks[10], peaks
+
+
+# ---------------------------------------------------------------- precision
+def test_bf16_recognizer_runs_in_bf16_and_reads_the_same_words(rec: Recognizer, tmp_path: Path) -> None:
+    """precision="bf16" really runs the model under bfloat16 autocast (its logits differ from
+    fp32's, as bf16 rounding must make them), hands back float32 logits close to fp32's, and
+    on clean tone speech reads the same words."""
+    bf16 = dataclasses.replace(rec, precision="bf16")
+    source = torch.from_numpy(tone_speech(["AB", "CAB"], np.random.default_rng(7))[0])[None]
+    fp32_logits, bf16_logits = rec(source).logits, bf16(source).logits
+    assert bf16_logits.dtype == torch.float32
+    assert not torch.equal(fp32_logits, bf16_logits)  # fails if autocast did not run
+    torch.testing.assert_close(bf16_logits, fp32_logits, atol=0.25, rtol=0.05)
+    rng = np.random.default_rng(8)
+    words = random_words(rng, 5)
+    path = write(tmp_path / "b.wav", tone_speech(words, rng)[0])
+    assert tr.transcribe_file(bf16, path).text == tr.transcribe_file(rec, path).text == " ".join(words)
+
+
+def test_an_unknown_precision_is_refused_with_the_choices(checkpoint: Path) -> None:
+    with pytest.raises(ValueError, match="fp32, bf16.*'fp16'"):
+        load_recognizer(checkpoint, precision="fp16")
+    assert load_recognizer(checkpoint, precision="bf16").precision == "bf16"

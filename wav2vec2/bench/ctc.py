@@ -1,6 +1,7 @@
 """`ctc`: one CTC fine-tuning update of BASE with the recipes' values (4 x 15.6 s) and one
 batched greedy transcription (8 x 10 s), ours against transformers' `Wav2Vec2ForCTC` (eager
-and SDPA attention) with the same weights, fp32.
+and SDPA attention) with the same weights, fp32; transcription also in bf16 (autocast, what
+`scripts/transcribe.py --precision bf16` runs), ours and transformers' SDPA alike.
 
 How: the update is forward with the recipes' time and channel masks (CNN frozen), CTC loss on
 random transcripts of ~15 letters per second, backward, AdamW, zero_grad; transcription is
@@ -16,7 +17,7 @@ import argparse
 import numpy as np
 import torch
 
-from wav2vec2.bench.common import SAMPLE_RATE, optimizer, print_env, release_memory, row, setup, time_rounds
+from wav2vec2.bench.common import SAMPLE_RATE, autocast, optimizer, print_env, release_memory, row, setup, time_rounds
 from wav2vec2.bench.updates import bench_config
 from wav2vec2.config import ModelConfig
 from wav2vec2.infer.decode import greedy_ctc
@@ -43,8 +44,8 @@ class CtcUpdate:
     `train=False` one batched greedy transcription (eval, no grad, argmax + collapse)."""
 
     def __init__(self, impl: str, cfg: ModelConfig, state_dict, source, targets, target_lengths, *,
-                 train: bool) -> None:
-        self.impl, self.cfg, self.train = impl, cfg, train
+                 train: bool, precision: str = "fp32") -> None:
+        self.impl, self.cfg, self.train, self.precision = impl, cfg, train, precision
         self.source, self.targets, self.target_lengths = source, targets, target_lengths
         if impl == "ours":
             self.model = Wav2Vec2Ctc(cfg, vocab_size=CTC_VOCAB)
@@ -63,7 +64,7 @@ class CtcUpdate:
 
     def __call__(self):
         if not self.train:
-            with torch.no_grad():
+            with torch.no_grad(), autocast(self.source.device, self.precision):
                 if self.impl == "ours":
                     out = self.model(self.source)
                     return greedy_ctc(out.logits, out.lengths)
@@ -91,7 +92,7 @@ def bench_ctc(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     state_dict = Wav2Vec2Ctc(cfg, vocab_size=CTC_VOCAB).state_dict()
     print(f"median of {args.rounds} rounds x {args.reps} after 1 warm-up; ratio = ours / peer (> 1: ours faster)")
-    print(f"{'what':28} {'impl':20} {'s/batch':>8} {'audio-s/s':>9} {'RTF':>7} {'ours/this':>9}")
+    print(f"{'what':28} {'impl':24} {'s/batch':>8} {'audio-s/s':>9} {'RTF':>7} {'ours/this':>9}")
     for what, batch, seconds, train in (("update 4 x 15.6 s", 4, 15.6, True),
                                         ("transcribe 8 x 10 s", 8, 10.0, False)):
         gen = torch.Generator().manual_seed(1)
@@ -99,9 +100,13 @@ def bench_ctc(args: argparse.Namespace) -> None:
         source = torch.randn(batch, samples, generator=gen).to(device)
         target_lengths = torch.full((batch,), int(15 * seconds))  # ~15 letters per second
         targets = torch.randint(4, CTC_VOCAB, (batch, int(target_lengths.max())), generator=gen)
-        impls = {name: CtcUpdate(name, cfg, state_dict, source, targets.to(device), target_lengths.to(device),
-                                 train=train)
-                 for name in ("ours", "transformers-eager", "transformers-sdpa")}
+        runs = [("ours", "fp32"), ("transformers-eager", "fp32"), ("transformers-sdpa", "fp32")]
+        if not train:
+            runs += [("ours", "bf16"), ("transformers-sdpa", "bf16")]
+        impls = {name if precision == "fp32" else f"{name} bf16":
+                 CtcUpdate(name, cfg, state_dict, source, targets.to(device), target_lengths.to(device), train=train,
+                           precision=precision)
+                 for name, precision in runs}
         times = time_rounds(impls, device, rounds=args.rounds, reps=args.reps)
         del impls
         release_memory()
@@ -109,6 +114,7 @@ def bench_ctc(args: argparse.Namespace) -> None:
         audio = batch * seconds
         for name, t in med.items():
             ratio = t / med["ours"]
-            print(f"{what:28} {name:20} {t:8.2f} {audio / t:9.2f} {t / audio:7.3f} {ratio:9.2f}")
-            row("ctc", what, name, "fp32", audio_s_per_s=audio / t, seconds_per_batch=t,
+            print(f"{what:28} {name:24} {t:8.2f} {audio / t:9.2f} {t / audio:7.3f} {ratio:9.2f}")
+            precision = "bf16" if name.endswith(" bf16") else "fp32"
+            row("ctc", what, name.split()[0], precision, audio_s_per_s=audio / t, seconds_per_batch=t,
                 real_time_factor=t / audio, ratio_ours_over_this=ratio)

@@ -8,8 +8,9 @@ eval mode, its vocabulary, and how it wants its audio (sample rate, normalisatio
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -21,6 +22,11 @@ from wav2vec2.interop.loaded import LoadedModel
 from wav2vec2.model.ctc import CtcOutput, Wav2Vec2Ctc
 
 log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16")
+"""fp32; bf16: the model's matmuls and convolutions under bfloat16 autocast (the norms, the
+softmax and the logits' argmax stay fp32). On a CPU with AMX or AVX512-BF16, and on GPUs, it
+is faster; the transcript may differ in a few letters (docs/inference.md measures how many)."""
 
 
 @dataclass
@@ -36,6 +42,12 @@ class Recognizer:
     """Where it came from, for messages."""
     manifest_dir: str | None = None
     """The manifests it was fine-tuned on (this project's checkpoints), else None."""
+    precision: str = "fp32"
+    """One of `PRECISIONS`."""
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     @property
     def device(self) -> torch.device:
@@ -43,11 +55,18 @@ class Recognizer:
 
     @torch.no_grad()
     def __call__(self, source: Tensor, padding_mask: Tensor | None = None) -> CtcOutput:
-        """Shape: source (B, L) at `sample_rate`, already normalised if `normalize` -> logits (B, T, V)."""
-        return self.model(source.to(self.device), None if padding_mask is None else padding_mask.to(self.device))
+        """Shape: source (B, L) at `sample_rate`, already normalised if `normalize` -> logits (B, T, V),
+        float32 whatever the precision."""
+        device = self.device
+        bf16 = (torch.autocast(device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+                else contextlib.nullcontext())
+        with bf16:
+            out = self.model(source.to(device), None if padding_mask is None else padding_mask.to(device))
+        return out if out.logits.dtype == torch.float32 else replace(out, logits=out.logits.float())
 
     @classmethod
-    def from_loaded(cls, loaded: LoadedModel, *, device: str | torch.device = "cpu") -> Recognizer:
+    def from_loaded(cls, loaded: LoadedModel, *, device: str | torch.device = "cpu",
+                    precision: str = "fp32") -> Recognizer:
         """A recogniser from a loaded CTC model (an error naming what is missing otherwise)."""
         dictionary = loaded.require_dictionary()
         num_outputs = loaded.weights["proj.weight"].shape[0]
@@ -61,7 +80,8 @@ class Recognizer:
                      else "no task config: assuming fairseq's default")
             log.warning("%s has %s, normalize=%s", loaded.path, where, normalize)
         manifest_dir = (loaded.training or {}).get("data", {}).get("manifest_dir")
-        return cls(loaded.build().to(device), dictionary, normalize, loaded.sample_rate, loaded.path, manifest_dir)
+        return cls(loaded.build().to(device), dictionary, normalize, loaded.sample_rate, loaded.path, manifest_dir,
+                   precision)
 
     def as_loaded(self) -> LoadedModel:
         """This recogniser as plain data, for the writers (`export_hf`, `export_fairseq`, ONNX)."""
@@ -70,7 +90,10 @@ class Recognizer:
 
 
 def load_recognizer(path: str | Path, *, dictionary: str | Path | None = None,
-                    device: str | torch.device = "cpu") -> Recognizer:
+                    device: str | torch.device = "cpu", precision: str = "fp32") -> Recognizer:
     """The CTC model at `path` (anything `load_model` reads; `dictionary` is a fairseq
-    checkpoint's dict.ltr.txt). Nothing is downloaded, and no file can run code when loaded."""
-    return Recognizer.from_loaded(load_model(path, dictionary=dictionary), device=device)
+    checkpoint's dict.ltr.txt), run in `precision` (`PRECISIONS`). Nothing is downloaded, and no
+    file can run code when loaded."""
+    if precision not in PRECISIONS:  # before the load: the error should not wait for a large file
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return Recognizer.from_loaded(load_model(path, dictionary=dictionary), device=device, precision=precision)
