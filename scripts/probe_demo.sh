@@ -3,8 +3,8 @@
 #
 # What did the demo's pretraining learn, and when? SUPERB-style probes (a frozen upstream read
 # through learned layer weights, a light head) on real speech, on a CPU; the tables of
-# docs/probing.md. Aimed at about 30 minutes on 2 idle cores; not yet timed end to end (docs/probing.md
-# says what ran, on a shared machine).
+# docs/probing.md. About 12 minutes on 2 cores (10 min 15 s measured without the last stage,
+# docs/probing.md), after scripts/finetune_demo.sh.
 #
 # 1. installs the project into ./.venv with scripts/setup_env.sh (skipped when W2V_PYTHON
 #    names a ready interpreter), and prepares the Asterisk prompts (5 languages, one voice
@@ -18,9 +18,9 @@
 #    makes both in $W2V_FINETUNE_RUN, default runs/finetune_demo), two seeds each;
 # 3. language ID (configs/classify_demo.yaml) on the same upstreams, two seeds each;
 # 4. a demo pretraining of $W2V_PRETRAIN_UPDATES updates (default 1200) that keeps a snapshot
-#    every 200 (checkpoint.keep_last=0), and its probe curve: the CTC probe of every
+#    every 200 (checkpoint.keep_last=0), and its probe curves: the CTC probe of every
 #    $W2V_CURVE_EVERY-th snapshot (default 2), two seeds, in $W2V_RUN/pretrain/probe/ next to
-#    its curves.png.
+#    its curves.png; language ID of every snapshot, two seeds, in $W2V_RUN/pretrain/probe_langid/.
 # Every probe is a run in $W2V_RUN (default runs/probe_demo); rerunning reuses finished ones.
 # PYTHON and W2V_TORCH_INDEX for the install (see bash scripts/setup_env.sh --help).
 # -h, --help prints this and does nothing else.
@@ -74,4 +74,7 @@ OMP_NUM_THREADS=2 "$PY" scripts/train.py --config-name demo data.manifest_dir="$
 stage "probe curve: the CTC probe of every $CURVE_EVERY-th snapshot, two seeds"
 "$PY" scripts/probe.py "$RUN/pretrain" --every "$CURVE_EVERY" --preset probe_ctc_demo --seeds 1,2 \
     data.manifest_dir="$SPLITS/finetune_en"
-stage "done: tables in $RUN/ctc/probe.md, $RUN/langid_probe/probe.md, $RUN/pretrain/probe/probe.md"
+stage "probe curve: language ID of every snapshot, two seeds"
+"$PY" scripts/probe.py "$RUN/pretrain" --every 1 --preset classify_demo --seeds 1,2 --out "$RUN/pretrain/probe_langid" \
+    data.manifest_dir="$RUN/langid"
+stage "done: tables in $RUN/ctc/probe.md, $RUN/langid_probe/probe.md, $RUN/pretrain/probe/probe.md, $RUN/pretrain/probe_langid/probe.md"
