@@ -3,8 +3,8 @@
 #
 # What did the demo's pretraining learn, and when? SUPERB-style probes (a frozen upstream read
 # through learned layer weights, a light head) on real speech, on a CPU; the tables of
-# docs/probing.md. About 12 minutes on 2 cores (10 min 15 s measured without the last stage,
-# docs/probing.md), after scripts/finetune_demo.sh.
+# docs/probing.md. About 13 minutes on 2 cores (12 min 54 s measured: 10 min 15 s, then 2 min 39 s for
+# the last stage added since), after scripts/finetune_demo.sh.
 #
 # 1. installs the project into ./.venv with scripts/setup_env.sh (skipped when W2V_PYTHON
 #    names a ready interpreter), and prepares the Asterisk prompts (5 languages, one voice

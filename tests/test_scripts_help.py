@@ -26,7 +26,7 @@ USAGE = {
                          "W2V_PRETRAIN_UPDATES", "W2V_FINETUNE_UPDATES", "W2V_TORCH_INDEX", "half an hour"],
     "probe_demo.sh": ["usage: bash scripts/probe_demo.sh", "W2V_PYTHON", "W2V_DATA", "W2V_RUN", "W2V_FINETUNE_RUN",
                       "W2V_PRETRAINED", "W2V_FINETUNED", "W2V_PRETRAIN_UPDATES", "W2V_CURVE_EVERY",
-                      "W2V_TORCH_INDEX", "12 minutes"],
+                      "W2V_TORCH_INDEX", "13 minutes"],
     "continue_demo.sh": ["usage: bash scripts/continue_demo.sh", "W2V_PYTHON", "W2V_DATA", "W2V_RUN",
                          "W2V_SOURCE_UPDATES", "W2V_EXTRA_UPDATES", "W2V_FINETUNE_UPDATES", "40 minutes"],
     "test.sh": ["usage: bash scripts/test.sh [PYTEST_ARGUMENT ...]", "goes to pytest", "W2V_TORCH_INDEX",
