@@ -67,6 +67,23 @@ def torchrun_train(*args: str, nproc: int = 2, timeout: float = 300) -> subproce
     return proc
 
 
+def torchrun_resumes_exactly(tmp_path: Path, *args: str) -> tuple[dict, dict]:
+    """`torchrun_train(ARGS)` twice: straight through, and stopped at update 2 then rerun. Asserts
+    that both end with the same weights and logged the same losses, bit for bit; returns both
+    last checkpoints (straight, resumed)."""
+    from wav2vec2.files import load_checkpoint
+    from wav2vec2.train import checkpoint as ckpt
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    torchrun_train(*args, f"run_dir={straight}")
+    torchrun_train(*args, f"run_dir={stopped}", "train.stop_at_update=2")
+    torchrun_train(*args, f"run_dir={stopped}")
+    a, b = load_checkpoint(straight / ckpt.LAST), load_checkpoint(stopped / ckpt.LAST)
+    assert_same_weights(a["model"], b["model"])
+    assert [r["loss"] for r in records(straight)] == [r["loss"] for r in records(stopped)]
+    return a, b
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (for a process group's store)."""
     with socket.socket() as s:

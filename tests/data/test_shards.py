@@ -19,7 +19,7 @@ from wav2vec2.data.shards import main as shards_main
 from wav2vec2.files import load_checkpoint
 from wav2vec2.train import checkpoint as ckpt
 
-from helpers import make_trainer, records, torchrun_train
+from helpers import make_trainer, records, torchrun_resumes_exactly
 
 
 @pytest.fixture
@@ -146,18 +146,7 @@ def test_torchrun_fsdp_on_shards_resumes_exactly(packed, tiny_corpus: Path, tmp_
     distributed.strategy=fsdp`: each rank reads its own shards (two workers each), and a run
     stopped at update 2 and rerun to 5 equals an uninterrupted one bit for bit."""
     _, shards = packed
-
-    def torchrun(run: Path, *overrides: str) -> None:
-        torchrun_train(f"data.manifest_dir={tiny_corpus}", f"run_dir={run}", "optim.max_update=5",
-                       f"data.train_shards={shards}", "data.shuffle_buffer=8", "data.num_workers=2",
-                       "logging.tensorboard=false", "distributed.strategy=fsdp", *overrides)
-
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    torchrun(straight)
-    torchrun(stopped, "train.stop_at_update=2")
-    torchrun(stopped)
-    a, b = load_checkpoint(straight / ckpt.LAST), load_checkpoint(stopped / ckpt.LAST)
+    a, b = torchrun_resumes_exactly(
+        tmp_path, f"data.manifest_dir={tiny_corpus}", "optim.max_update=5", f"data.train_shards={shards}",
+        "data.shuffle_buffer=8", "data.num_workers=2", "logging.tensorboard=false", "distributed.strategy=fsdp")
     assert a["num_updates"] == b["num_updates"] == 5 and a["world_size"] == 2
-    for name, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][name]), name
-    assert [r["loss"] for r in records(straight)] == [r["loss"] for r in records(stopped)]
