@@ -24,7 +24,6 @@ About 9 minutes on 2 CPU cores with the defaults (8 min 53 s measured, docs/trai
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -35,6 +34,7 @@ import numpy as np
 import soundfile as sf
 
 from wav2vec2.data.manifest import Manifest, Row, read_rows, write_rows
+from wav2vec2.train.metrics import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,8 +88,7 @@ def train(run: Path, manifest_dir: Path, updates: int, *overrides: str) -> subpr
 
 
 def records(run: Path, split: str) -> list[dict]:
-    with open(run / "metrics.jsonl") as f:
-        return [r for r in map(json.loads, f) if r.get("split") == split]
+    return [r for r in read_history(run / "metrics.jsonl") if r["split"] == split]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,11 @@ softmax and the logits' argmax stay fp32). On a CPU with AMX or AVX512-BF16, and
 is faster; the transcript may differ in a few letters (docs/inference.md measures how many)."""
 
 
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 @dataclass
 class Recognizer:
     model: Wav2Vec2Ctc
@@ -46,8 +51,7 @@ class Recognizer:
     """One of `PRECISIONS`."""
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
 
     @property
     def device(self) -> torch.device:
@@ -94,6 +98,5 @@ def load_recognizer(path: str | Path, *, dictionary: str | Path | None = None,
     """The CTC model at `path` (anything `load_model` reads; `dictionary` is a fairseq
     checkpoint's dict.ltr.txt), run in `precision` (`PRECISIONS`). Nothing is downloaded, and no
     file can run code when loaded."""
-    if precision not in PRECISIONS:  # before the load: the error should not wait for a large file
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_precision(precision)  # before the load: the error should not wait for a large file
     return Recognizer.from_loaded(load_model(path, dictionary=dictionary), device=device, precision=precision)
