@@ -113,8 +113,8 @@ def bench_ctc(args: argparse.Namespace) -> None:
         med = {n: float(np.median(ts)) for n, ts in times.items()}
         audio = batch * seconds
         for name, t in med.items():
-            ratio = t / med["ours bf16" if name.endswith(" bf16") else "ours"]  # against ours in the same precision
-            print(f"{what:28} {name:24} {t:8.2f} {audio / t:9.2f} {t / audio:7.3f} {ratio:9.2f}")
             precision = "bf16" if name.endswith(" bf16") else "fp32"
+            ratio = t / med["ours" if precision == "fp32" else "ours bf16"]  # against ours in the same precision
+            print(f"{what:28} {name:24} {t:8.2f} {audio / t:9.2f} {t / audio:7.3f} {ratio:9.2f}")
             row("ctc", what, name.split()[0], precision, audio_s_per_s=audio / t, seconds_per_batch=t,
                 real_time_factor=t / audio, ratio_ours_over_this=ratio)
