@@ -16,11 +16,13 @@ from wav2vec2.data import (
     RawAudioDataset,
     Row,
     build_manifest,
+    merge_manifests,
     read_manifest,
     read_rows,
     write_rows,
 )
 from wav2vec2.data.dataset import BadAudioFile
+from wav2vec2.data.manifest_cli import main as manifest_main
 
 from helpers import make_trainer, records
 
@@ -97,6 +99,30 @@ def test_build_manifest_over_two_disks(tmp_path) -> None:
     # One disk: fairseq's format, which fairseq's reader (two columns, one root) takes.
     build_manifest(str(tmp_path / "disk2"), str(tmp_path / "m1"), exts=["flac"], valid_percent=0)
     assert (tmp_path / "m1" / "train.tsv").read_text() == f"{os.path.realpath(tmp_path / 'disk2')}\ny/b.flac\t11200\n"
+
+
+def test_merged_manifests_read_every_row_from_its_own_root(tmp_path, capsys) -> None:
+    """Two corpora (one of them already two roots, one root shared) as one manifest: each
+    row reads the same samples as from its own manifest, in order, and the CLI writes it."""
+    a = _ramp_file(tmp_path / "nl" / "x" / "a.flac", 0.5)
+    b = _ramp_file(tmp_path / "en" / "b.flac", 0.7)
+    c = _ramp_file(tmp_path / "fr" / "c.flac", 0.3)
+    write_rows(tmp_path / "nl.tsv", Manifest([str(tmp_path / "nl")], [Row("x/a.flac", len(a))]))
+    write_rows(tmp_path / "two.tsv", Manifest([str(tmp_path / "en"), str(tmp_path / "nl")],
+                                              [Row("b.flac", len(b)), Row("x/a.flac", 2000, start=100, root=1),
+                                               Row(str(tmp_path / "fr" / "c.flac"), len(c))]))
+    merged = merge_manifests([tmp_path / "nl.tsv", tmp_path / "two.tsv"])
+    assert merged.roots == [str(tmp_path / "nl"), str(tmp_path / "en")]  # the shared root once
+    assert [(r.path, r.root, r.start) for r in merged.rows] == [
+        ("x/a.flac", 0, None), ("b.flac", 1, None), ("x/a.flac", 0, 100), (str(tmp_path / "fr" / "c.flac"), 1, None)]
+    assert manifest_main(["--merge", str(tmp_path / "m.tsv"), str(tmp_path / "nl.tsv"), str(tmp_path / "two.tsv")]) == 0
+    assert "4 rows under 2 root(s)" in capsys.readouterr().out
+    assert read_rows(tmp_path / "m.tsv") == merged
+    ds = RawAudioDataset(tmp_path / "m.tsv")
+    for item, expected in zip((ds[i]["source"].numpy() for i in range(4)), (a, b, a[100:2100], c)):
+        np.testing.assert_array_equal(item, expected)
+    assert manifest_main(["--merge", str(tmp_path / "m2.tsv"), str(tmp_path / "missing.tsv")]) == 2
+    assert "missing.tsv" in capsys.readouterr().err and not (tmp_path / "m2.tsv").exists()
 
 
 @pytest.mark.parametrize(("body", "line", "what"), [

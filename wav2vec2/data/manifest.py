@@ -175,6 +175,29 @@ def write_rows(path: str | os.PathLike, manifest: Manifest) -> None:
     atomic_write(path, "".join(lines))
 
 
+def merge_manifests(paths: list[str | os.PathLike]) -> Manifest:
+    """One manifest of the rows of several, in order (pretraining on more than one corpus).
+
+    Roots are pooled: the first manifest's first root stays root 0, and a root that two
+    manifests share is one root. Every root is made absolute (relative ones against the
+    current directory, as the loader would resolve them), since a later root must be.
+    Raises ValueError naming the file for what `read_rows` refuses, and for no paths."""
+    if not paths:
+        raise ValueError("merge_manifests: no manifests given")
+    roots: list[str] = []
+    rows: list[Row] = []
+    for path in paths:
+        manifest = read_rows(path)
+        index = {}  # the manifest's root index -> the merged one
+        for i, root in enumerate(manifest.roots):
+            root = os.path.abspath(root)
+            if root not in roots:
+                roots.append(root)
+            index[i] = roots.index(root)
+        rows.extend(Row(r.path, r.num_samples, r.start, index[r.root]) for r in manifest.rows)
+    return Manifest(roots, rows)
+
+
 def write_manifest(path: str | os.PathLike, root: str, entries: list[Entry]) -> None:
     """Write a fairseq manifest (one root, whole files) atomically: `write_rows`' checks."""
     write_rows(path, Manifest([root], [Row(rel, n) for rel, n in entries]))
