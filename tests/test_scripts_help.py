@@ -29,6 +29,9 @@ USAGE = {
                       "W2V_TORCH_INDEX", "13 minutes"],
     "continue_demo.sh": ["usage: bash scripts/continue_demo.sh", "W2V_PYTHON", "W2V_DATA", "W2V_RUN",
                          "W2V_SOURCE_UPDATES", "W2V_EXTRA_UPDATES", "W2V_FINETUNE_UPDATES", "40 minutes"],
+    "dutch_demo.sh": ["usage: bash scripts/dutch_demo.sh", "W2V_PYTHON", "W2V_DATA", "W2V_ASTERISK", "W2V_RUN",
+                      "W2V_BUDGETS", "W2V_SEEDS", "W2V_PRETRAIN_UPDATES", "W2V_FINETUNE_UPDATES", "W2V_LR",
+                      "W2V_SCRATCH_LR", "W2V_TORCH_INDEX", "45 minutes"],
     "test.sh": ["usage: bash scripts/test.sh [PYTEST_ARGUMENT ...]", "goes to pytest", "W2V_TORCH_INDEX",
                 "a few minutes", "pytest --help"],
     "setup_env.sh": ["usage: bash scripts/setup_env.sh [EXTRA ...]", "W2V_TORCH_INDEX", "PYTHON",
@@ -76,6 +79,7 @@ def test_help_prints_usage_and_does_nothing(copy: Path, script: str, flag: str) 
     ("finetune_demo.sh", ["data/x"], "takes no arguments"),
     ("probe_demo.sh", ["--quick"], "takes no arguments"),
     ("continue_demo.sh", ["--fast"], "takes no arguments"),
+    ("dutch_demo.sh", ["10min"], "takes no arguments"),
     ("setup_env.sh", ["--upgrade"], "unknown option --upgrade"),
     ("setup_env.sh", ["dev", "gpu"], "unknown extra 'gpu'; setup.cfg has: dev hf export"),
 ])
